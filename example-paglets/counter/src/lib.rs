@@ -1,0 +1,103 @@
+//! `counter::Counter`: the smallest stateful paglet.
+//!
+//! State `{"count": <u64>}`. `increment` (optional `args.by`, default 1), `get` and `reset`
+//! all reply `{"count": n}`; any other kind is not handled.
+
+use plugin_api::{Context, Message, Paglet, PagletError, Reply};
+use serde::{Deserialize, Serialize};
+
+/// Counts. Its state is the struct itself.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Counter {
+    /// The current count.
+    pub count: u64,
+}
+
+/// The arguments of `increment`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Increment {
+    #[serde(default = "one")]
+    by: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+impl Paglet for Counter {
+    const DESCRIPTION: &'static str = "Counts: increment {by?}, get, reset.";
+
+    fn handle_message(&mut self, _ctx: &Context, msg: Message) -> Result<Reply, PagletError> {
+        match msg.kind.as_str() {
+            "increment" => {
+                let Increment { by } = msg.args()?;
+                self.count = self
+                    .count
+                    .checked_add(by)
+                    .ok_or_else(|| PagletError::invalid_args("count would overflow u64"))?;
+            }
+            "get" => {}
+            "reset" => self.count = 0,
+            _ => return Err(msg.not_handled()),
+        }
+        Reply::new(&*self)
+    }
+}
+
+plugin_api::export_paglets!(Counter);
+
+#[cfg(test)]
+mod tests {
+    use super::Counter;
+    use plugin_api::{PagletError, testing::PagletTest};
+    use serde_json::{Value, json};
+
+    #[test]
+    fn counts_gets_and_resets() {
+        let test = PagletTest::new::<Counter>();
+        let id = test.create("counter::Counter", json!({})).expect("create");
+        assert_eq!(
+            test.send(&id, "increment", Value::Null),
+            Ok(json!({"count": 1}))
+        );
+        assert_eq!(
+            test.send(&id, "increment", json!({"by": 5})),
+            Ok(json!({"count": 6}))
+        );
+        assert_eq!(test.send(&id, "get", Value::Null), Ok(json!({"count": 6})));
+        assert_eq!(
+            test.send(&id, "reset", Value::Null),
+            Ok(json!({"count": 0}))
+        );
+    }
+
+    #[test]
+    fn starts_from_the_given_state_and_keeps_it_across_a_reload() {
+        let test = PagletTest::new::<Counter>();
+        let id = test
+            .create("counter::Counter", json!({"count": 41}))
+            .expect("create");
+        test.reload(&id).expect("reload");
+        assert_eq!(
+            test.send(&id, "increment", Value::Null),
+            Ok(json!({"count": 42}))
+        );
+    }
+
+    #[test]
+    fn rejects_bad_by_and_unknown_kinds() {
+        let test = PagletTest::new::<Counter>();
+        let id = test.create("counter::Counter", json!({})).expect("create");
+        for by in [json!(-1), json!("two"), json!(1.5)] {
+            let err = test.send(&id, "increment", json!({ "by": by }));
+            assert!(
+                matches!(err, Err(PagletError::InvalidArgs(_))),
+                "by={by}: {err:?}"
+            );
+        }
+        let err = test.send(&id, "fly", Value::Null);
+        assert_eq!(err, Err(PagletError::NotHandled { kind: "fly".into() }));
+        assert_eq!(test.state(&id), Ok(json!({"count": 0})));
+    }
+}

@@ -1,0 +1,115 @@
+//! Errors: [`PagletError`] (what a paglet call returns) and [`LoadError`] (why a library was
+//! refused).
+
+use std::path::PathBuf;
+
+/// What a paglet returns when it cannot answer, and what a caller gets when a call fails.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PagletError {
+    /// The paglet does not handle this message kind (HTTP 422 `not-handled`).
+    #[error("message kind '{kind}' is not handled")]
+    NotHandled {
+        /// The kind that was sent.
+        kind: String,
+    },
+    /// The arguments or the state were rejected (HTTP 400 `invalid-args`).
+    #[error("invalid arguments: {0}")]
+    InvalidArgs(String),
+    /// The paglet failed (HTTP 500 `paglet-failed`).
+    #[error("{0}")]
+    Failed(String),
+    /// The paglet panicked; the panic was caught inside the library (HTTP 500
+    /// `paglet-panicked`). Paglets never construct this themselves.
+    #[error("{0}")]
+    Panicked(String),
+}
+
+impl PagletError {
+    /// A failure with a message.
+    pub fn failed(message: impl Into<String>) -> Self {
+        PagletError::Failed(message.into())
+    }
+
+    /// Rejected arguments, with the reason.
+    pub fn invalid_args(message: impl Into<String>) -> Self {
+        PagletError::InvalidArgs(message.into())
+    }
+}
+
+/// Why the loader refused a library file. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The file is not a loadable shared library (text, empty, an executable, ...).
+    #[error("{}: not a loadable library: {reason}", path.display())]
+    NotLoadable {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The file is an ELF library cut short: it may still be being written.
+    #[error("{}: truncated library: {reason}", path.display())]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// Which part lies past the end.
+        reason: String,
+    },
+    /// A shared library, but not a paglet library: it exports no paglets root module.
+    #[error("{}: not a paglet library: it exports no paglets root module", path.display())]
+    NoRootModule {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Built against another paglets ABI version.
+    #[error("{}: built against paglets ABI {found}, this host speaks ABI {expected}; rebuild it against this plugin-api", path.display())]
+    IncompatibleAbi {
+        /// The file.
+        path: PathBuf,
+        /// The version the library declares.
+        found: u32,
+        /// The version this host speaks.
+        expected: u32,
+    },
+    /// The root module does not match this host's `plugin-api` (version or layout).
+    #[error("{}: incompatible plugin-api: {reason}", path.display())]
+    Incompatible {
+        /// The file.
+        path: PathBuf,
+        /// abi_stable's reason, first line only.
+        reason: String,
+    },
+    /// Built with `panic = "abort"`: a panic in a paglet would take the host down.
+    #[error("{}: built with panic = \"abort\"; paglet libraries must unwind so panics can be contained", path.display())]
+    PanicAbort {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The library failed or panicked while describing itself.
+    #[error("{}: failed while describing itself: {reason}", path.display())]
+    DescribeFailed {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        reason: String,
+    },
+    /// A class name is already provided by another library (the first one found wins).
+    #[error("{}: class {class} is already provided by {}", path.display(), owner.display())]
+    ClassTaken {
+        /// The file that lost.
+        path: PathBuf,
+        /// The contested class.
+        class: String,
+        /// The file that provides it.
+        owner: PathBuf,
+    },
+}
+
+impl LoadError {
+    /// True when the file may still be being written and is worth retrying.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, LoadError::Truncated { .. })
+    }
+}

@@ -1,0 +1,369 @@
+//! Plugin side: `export_paglets!`, and the ordinary Rust behind the generic shims in `abi.rs`.
+//!
+//! Every call from the host runs inside [`guard`], which catches unwinding panics (including
+//! those of serde and of `Drop`), so nothing unwinds across the boundary. `tracing` events
+//! emitted inside a call are forwarded to the host through the instance's context, because a
+//! cdylib has its own copy of tracing's globals.
+
+use std::cell::{Cell, RefCell};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Once};
+
+use serde_json::Value;
+use tracing::Dispatch;
+use tracing_core::{Event, Metadata, field::Field, span};
+
+use crate::abi::{ContextBox, HostLink, InstanceBox};
+use crate::error::PagletError;
+use crate::loader::{ClassInfo, LibraryInfo};
+use crate::paglet::{ClassSet, Context, ContextInner, Hook, Message, Paglet};
+
+/// Exports paglet types from a `cdylib`: generates the library's root module.
+///
+/// ```ignore
+/// plugin_api::export_paglets!(Counter);
+/// plugin_api::export_paglets!(Hello, Echo);
+/// // The library name defaults to the crate name; it can be set:
+/// plugin_api::export_paglets!(library = "greetings"; Hello, Echo);
+/// ```
+///
+/// Call it once per library, at the crate root. Each type must implement [`Paglet`].
+#[macro_export]
+macro_rules! export_paglets {
+    (library = $name:literal; $($ty:ident),+ $(,)?) => {
+        $crate::__export_paglets!(@abi $crate::__private::PAGLETS_ABI; $name; $($ty),+);
+    };
+    ($($ty:ident),+ $(,)?) => {
+        $crate::__export_paglets!(
+            @abi $crate::__private::PAGLETS_ABI; ::core::env!("CARGO_CRATE_NAME"); $($ty),+
+        );
+    };
+}
+
+/// The expansion of [`export_paglets!`]; the `@abi` form lets test fixtures declare another
+/// interface version.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_paglets {
+    (@abi $abi:expr; $name:expr; $($ty:ident),+) => {
+        #[doc(hidden)]
+        pub struct __PagletsLibrary;
+
+        impl $crate::__private::ClassSet for __PagletsLibrary {
+            const ABI: u32 = $abi;
+            fn library() -> ::std::string::String {
+                ::std::string::String::from($name)
+            }
+            fn version() -> ::std::string::String {
+                ::std::string::String::from(::core::env!("CARGO_PKG_VERSION"))
+            }
+            fn classes() -> ::std::vec::Vec<$crate::__private::ClassEntry> {
+                ::std::vec![$($crate::__private::ClassEntry::of::<$ty>(::core::stringify!($ty))),+]
+            }
+        }
+
+        // abi_stable's `ROOT_MODULE_LOADER_NAME`; a unit test in `abi.rs` pins the literal.
+        #[doc(hidden)]
+        #[unsafe(export_name = "_1as_0lib_1header_0root_bmodule_bloader")]
+        pub static __PAGLETS_ROOT_MODULE: $crate::__private::LibHeader =
+            $crate::__private::lib_header::<__PagletsLibrary>();
+    };
+}
+
+thread_local! {
+    static IN_GUARD: Cell<bool> = const { Cell::new(false) };
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+static PANIC_HOOK: Once = Once::new();
+
+/// Routes panic messages raised inside a guarded call to the guard (and from there to the
+/// host's log) instead of stderr. Panics elsewhere go to the previous hook. Installed in this
+/// library's own copy of std, once.
+fn install_panic_hook() {
+    PANIC_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let guarded = IN_GUARD.try_with(Cell::get).unwrap_or(false);
+            if !guarded {
+                return previous(info);
+            }
+            let mut text = payload_text(info.payload());
+            if let Some(location) = info.location() {
+                text = format!("{text} at {}:{}", location.file(), location.line());
+            }
+            let _ = LAST_PANIC.try_with(|last| *last.borrow_mut() = Some(text));
+        }));
+    });
+}
+
+fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_string()
+    }
+}
+
+/// Runs `f`, turning an unwinding panic into [`PagletError::Panicked`] naming `what`.
+pub(crate) fn guard<T>(
+    what: &str,
+    ctx: Option<&Context>,
+    f: impl FnOnce() -> Result<T, PagletError>,
+) -> Result<T, PagletError> {
+    install_panic_hook();
+    let outer = IN_GUARD.replace(true);
+    let result = catch_unwind(AssertUnwindSafe(f));
+    IN_GUARD.set(outer);
+    result.unwrap_or_else(|payload| {
+        let detail = LAST_PANIC.take().unwrap_or_else(|| payload_text(&*payload));
+        // A payload whose own `Drop` panics would unwind from here; leaking it is safer.
+        std::mem::forget(payload);
+        let message = format!("{what} panicked: {detail}");
+        if let Some(ctx) = ctx {
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                ctx.log(tracing::Level::ERROR, &message)
+            }));
+        }
+        Err(PagletError::Panicked(message))
+    })
+}
+
+/// The library description the `describe` entry point returns, as JSON.
+pub(crate) fn describe<L: ClassSet>() -> Result<String, PagletError> {
+    let library = L::library();
+    let classes = L::classes()
+        .into_iter()
+        .map(|entry| {
+            let template = (entry.template)()?;
+            let state_template = serde_json::from_str(&template)
+                .map_err(|e| PagletError::Failed(format!("state template: {e}")))?;
+            Ok(ClassInfo {
+                class: format!("{library}::{}", entry.type_name),
+                description: entry.description.to_string(),
+                state_template,
+            })
+        })
+        .collect::<Result<Vec<_>, PagletError>>()?;
+    let info = LibraryInfo {
+        name: library,
+        version: L::version(),
+        classes,
+    };
+    serde_json::to_string(&info).map_err(|e| PagletError::Failed(format!("description: {e}")))
+}
+
+/// The `create` entry point: finds the class and builds an instance from its state.
+pub(crate) fn create<L: ClassSet>(
+    class: &str,
+    state: &str,
+    ctx: ContextBox,
+) -> Result<InstanceBox, PagletError> {
+    let library = L::library();
+    let entry = L::classes()
+        .into_iter()
+        .find(|e| {
+            class
+                .strip_prefix(library.as_str())
+                .and_then(|r| r.strip_prefix("::"))
+                == Some(e.type_name)
+        })
+        .ok_or_else(|| PagletError::Failed(format!("library {library} has no class {class}")))?;
+    (entry.create)(class, state, ctx)
+}
+
+/// The state template of `P`: its default, as JSON.
+pub(crate) fn template<P: Paglet>() -> Result<String, PagletError> {
+    serde_json::to_string(&P::default())
+        .map_err(|e| PagletError::Failed(format!("default state does not serialize: {e}")))
+}
+
+/// Builds an instance of `P` from its state.
+pub(crate) fn create_instance<P: Paglet>(
+    class: &str,
+    state: &str,
+    ctx: ContextBox,
+) -> Result<InstanceBox, PagletError> {
+    let ctx = Context::new(HostLink::new(ctx), class);
+    let paglet: P = serde_json::from_str(state)
+        .map_err(|e| PagletError::InvalidArgs(format!("state for {class} rejected: {e}")))?;
+    let dispatch = Dispatch::new(Forward {
+        ctx: ctx.inner().clone(),
+    });
+    Ok(crate::abi::instance_box(Shim {
+        paglet: Some(paglet),
+        ctx,
+        dispatch,
+    }))
+}
+
+/// What the boundary asks of an instance, in ordinary Rust.
+pub(crate) trait InstanceOps: Send + 'static {
+    fn handle(&mut self, kind: &str, args: &str) -> Result<String, PagletError>;
+    fn hook(&mut self, hook: Hook) -> Result<(), PagletError>;
+    fn state(&self) -> Result<String, PagletError>;
+}
+
+/// One instance on the plugin side.
+struct Shim<P: Paglet> {
+    /// `Some` until dropped; taken in `Drop` so the paglet's own drop runs guarded.
+    paglet: Option<P>,
+    ctx: Context,
+    dispatch: Dispatch,
+}
+
+impl<P: Paglet> Shim<P> {
+    fn call<T>(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(&mut P, &Context) -> Result<T, PagletError>,
+    ) -> Result<T, PagletError> {
+        let Shim {
+            paglet,
+            ctx,
+            dispatch,
+        } = self;
+        let what = format!("{} ({}) in {what}", ctx.class(), ctx.id());
+        guard(&what, Some(ctx), || {
+            let paglet = paglet
+                .as_mut()
+                .ok_or_else(|| PagletError::Failed("disposed".into()))?;
+            tracing::dispatcher::with_default(dispatch, || f(paglet, ctx))
+        })
+    }
+}
+
+impl<P: Paglet> InstanceOps for Shim<P> {
+    fn handle(&mut self, kind: &str, args: &str) -> Result<String, PagletError> {
+        self.call("handle_message", |paglet, ctx| {
+            let args = if args.trim().is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(args)
+                    .map_err(|e| PagletError::InvalidArgs(format!("args are not JSON: {e}")))?
+            };
+            let reply = paglet.handle_message(
+                ctx,
+                Message {
+                    kind: kind.to_string(),
+                    args,
+                },
+            )?;
+            serde_json::to_string(&reply.0)
+                .map_err(|e| PagletError::Failed(format!("reply does not serialize: {e}")))
+        })
+    }
+
+    fn hook(&mut self, hook: Hook) -> Result<(), PagletError> {
+        let name = match hook {
+            Hook::Created => "created",
+            Hook::Arrived => "arrived",
+            Hook::Disposing => "disposing",
+        };
+        self.call(name, |paglet, ctx| match hook {
+            Hook::Created => paglet.created(ctx),
+            Hook::Arrived => paglet.arrived(ctx),
+            Hook::Disposing => paglet.disposing(ctx),
+        })
+    }
+
+    fn state(&self) -> Result<String, PagletError> {
+        let what = format!(
+            "{} ({}) serialising its state",
+            self.ctx.class(),
+            self.ctx.id()
+        );
+        guard(&what, Some(&self.ctx), || {
+            let paglet = self
+                .paglet
+                .as_ref()
+                .ok_or_else(|| PagletError::Failed("disposed".into()))?;
+            serde_json::to_string(paglet)
+                .map_err(|e| PagletError::Failed(format!("state does not serialize: {e}")))
+        })
+    }
+}
+
+impl<P: Paglet> Drop for Shim<P> {
+    fn drop(&mut self) {
+        if let Some(paglet) = self.paglet.take() {
+            let what = format!("{} ({}) while dropping", self.ctx.class(), self.ctx.id());
+            let _ = guard(&what, Some(&self.ctx), || {
+                drop(paglet);
+                Ok(())
+            });
+        }
+    }
+}
+
+/// Forwards `tracing` events from inside a paglet to the host through its context.
+struct Forward {
+    ctx: Arc<ContextInner>,
+}
+
+impl tracing::Subscriber for Forward {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+        span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        let mut text = EventText::default();
+        event.record(&mut text);
+        let meta = event.metadata();
+        self.ctx
+            .link
+            .log(*meta.level(), meta.target(), &text.finish());
+    }
+
+    fn enter(&self, _: &span::Id) {}
+
+    fn exit(&self, _: &span::Id) {}
+}
+
+/// An event's message followed by its other fields as `name=value`.
+#[derive(Default)]
+struct EventText {
+    message: String,
+    fields: String,
+}
+
+impl EventText {
+    fn finish(self) -> String {
+        if self.fields.is_empty() {
+            self.message
+        } else if self.message.is_empty() {
+            self.fields.trim_start().to_string()
+        } else {
+            format!("{}{}", self.message, self.fields)
+        }
+    }
+}
+
+impl tracing_core::field::Visit for EventText {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_string();
+        } else {
+            self.fields.push_str(&format!(" {}={value}", field.name()));
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        } else {
+            self.fields
+                .push_str(&format!(" {}={value:?}", field.name()));
+        }
+    }
+}
