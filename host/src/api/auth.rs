@@ -1,0 +1,30 @@
+//! Bearer auth and the shutdown gate, checked before any body is read.
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use super::error::ApiError;
+
+/// Refuses requests without the right `Authorization: Bearer <key>` (when a key is set),
+/// and every request once shutdown began.
+pub async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    if state.runtime.is_shutting_down() {
+        return ApiError::shutting_down().into_response();
+    }
+    next.run(request).await
+}

@@ -1,0 +1,172 @@
+//! The command line, as clap types. Only definitions: their doc comments are `--help`, and
+//! `config.rs` turns them into validated settings.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Native plugin host: load paglet libraries from folders, run their instances, serve them
+/// over HTTP.
+#[derive(Debug, Parser)]
+#[command(name = "paglets", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a host: load the libraries in --paths and serve the HTTP API.
+    Host(Box<HostArgs>),
+    /// Show what a host would load from these folders, and every problem found.
+    Discover(DiscoverArgs),
+    /// List the classes a running host can create.
+    Classes(ClientArgs),
+    /// List the live paglets of a running host.
+    List(ClientArgs),
+    /// Create a paglet on a running host.
+    Create(CreateArgs),
+    /// Send a message to a paglet and print its reply.
+    Send(SendArgs),
+    /// Dispose of a paglet.
+    Dispose(DisposeArgs),
+    /// Show a running host's health.
+    Health(ClientArgs),
+}
+
+/// `paglets host`.
+#[derive(Debug, Args)]
+pub struct HostArgs {
+    /// The host's name (required here or in the launch config).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Folders to scan (not recursively) for paglet libraries.
+    #[arg(long, num_args = 1.., action = clap::ArgAction::Append)]
+    pub paths: Vec<PathBuf>,
+    /// Address to bind [default: 127.0.0.1].
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to bind; 0 picks a free one [default: 8765].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// A trusted peer host's URL (repeatable).
+    #[arg(long)]
+    pub peer: Vec<String>,
+    /// The code version peers compare.
+    #[arg(long)]
+    pub mesh_version: Option<String>,
+    /// A tag shown in /health (repeatable).
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// A KEY=VALUE property shown in /health (repeatable).
+    #[arg(long, value_parser = parse_property)]
+    pub property: Vec<(String, String)>,
+    /// Read the API key from this environment variable instead of PAGLETS_API_KEY.
+    #[arg(long)]
+    pub api_key_env: Option<String>,
+    /// Allow a non-loopback --host without an API key.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
+    /// Launch config (TOML) [default: ~/.paglets/launch.toml when it exists].
+    #[arg(long)]
+    pub launch_config: Option<PathBuf>,
+    /// Where private library copies and saved paglets live [default: ~/.paglets/hosts/NAME].
+    #[arg(long)]
+    pub persistence_dir: Option<PathBuf>,
+    /// Watch the folders and reload changed libraries (the default).
+    #[arg(long, overrides_with = "no_watch")]
+    pub watch: bool,
+    /// Do not watch the folders; rescan with POST /admin/rescan.
+    #[arg(long)]
+    pub no_watch: bool,
+    /// Keep the checkout aligned with its upstream, rebuild and reload.
+    #[arg(long)]
+    pub auto_update_from_git: bool,
+    /// The build command for auto-update [default: cargo build --release --locked].
+    #[arg(long)]
+    pub build_command: Option<String>,
+    /// Seconds running handlers get to finish at shutdown [default: 10].
+    #[arg(long)]
+    pub shutdown_grace: Option<u64>,
+    /// Largest request body in bytes [default: 1048576].
+    #[arg(long)]
+    pub max_body: Option<usize>,
+    /// Load from folders or files that other users can write to.
+    #[arg(long)]
+    pub allow_insecure_paths: bool,
+    /// Threads that run paglet handlers [default: 8].
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+/// `paglets discover`.
+#[derive(Debug, Args)]
+pub struct DiscoverArgs {
+    /// Folders to scan (not recursively).
+    #[arg(long, num_args = 1.., action = clap::ArgAction::Append, required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options every client command takes.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The host's URL.
+    #[arg(long, default_value = "http://127.0.0.1:8765")]
+    pub host: String,
+    /// Read the API key from this environment variable instead of PAGLETS_API_KEY.
+    #[arg(long)]
+    pub api_key_env: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `paglets create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The class, e.g. counter::Counter.
+    pub class: String,
+    /// Initial state (JSON), merged over the class's default.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// The id to give the paglet (the host picks one otherwise).
+    #[arg(long)]
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `paglets send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The paglet's id.
+    pub id: String,
+    /// The message kind.
+    pub kind: String,
+    /// Arguments (JSON).
+    #[arg(long)]
+    pub args: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `paglets dispose`.
+#[derive(Debug, Args)]
+pub struct DisposeArgs {
+    /// The paglet's id.
+    pub id: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("'{text}' is not KEY=VALUE")),
+    }
+}

@@ -1,0 +1,125 @@
+//! `paglets host`: validate the settings, take the persistence dir, scan, restore, serve the
+//! API and watch the folders until SIGINT or SIGTERM, then save and exit 0.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use super::{CommandResult, Exit, Failure};
+use crate::api::{AppState, router};
+use crate::cli::HostArgs;
+use crate::config::HostConfig;
+use crate::persist::{self, DirLock, LockError};
+use crate::registry::Registry;
+use crate::runtime::Runtime;
+
+/// The top-level entry point for `paglets host`.
+pub fn run(args: Box<HostArgs>) -> CommandResult {
+    let config = HostConfig::from_args(*args).map_err(|e| Failure::Usage(e.0))?;
+    let _owner = DirLock::acquire(&config.persistence_dir).map_err(|e| match e {
+        LockError::Owned { .. } => Failure::Usage(e.to_string()),
+        other => Failure::Failed(other.into()),
+    })?;
+    for path in &config.paths {
+        if !path.is_dir() {
+            tracing::warn!(folder = %path.display(), "does not exist yet; it is picked up when it appears");
+        }
+    }
+    let registry = Registry::new(
+        Some(config.persistence_dir.join("libs")),
+        config.allow_insecure_paths,
+    )
+    .context("prepare the private library copies")?;
+    let runtime = Runtime::new(
+        config.name.clone(),
+        config.paths.clone(),
+        registry,
+        config.workers,
+    )
+    .context("start the worker pool")?;
+    let scan = runtime.rescan();
+    for error in &scan.errors {
+        tracing::warn!("{}", error.error);
+    }
+    runtime.restore(persist::load(&config.persistence_dir)?);
+    for entry in &config.startup {
+        if entry.id.as_deref().is_some_and(|id| runtime.exists(id)) {
+            continue;
+        }
+        match runtime.create(
+            &entry.class,
+            entry.state.as_ref(),
+            entry.id.as_deref(),
+            false,
+        ) {
+            Ok(id) => tracing::info!(paglet = %id, class = %entry.class, "created at startup"),
+            Err(e) => tracing::error!(class = %entry.class, "startup paglet not created: {e}"),
+        }
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?
+        .block_on(serve(config, runtime))
+}
+
+async fn serve(config: HostConfig, runtime: Arc<Runtime>) -> CommandResult {
+    let listener = tokio::net::TcpListener::bind((config.bind.as_str(), config.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
+    let url = format!("http://{}", listener.local_addr().context("local address")?);
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "paglets host '{}' listening at {url}", config.name).context("stdout")?;
+    stdout.flush().context("stdout")?;
+    if config.watch {
+        crate::watch::spawn(runtime.clone(), config.paths.clone()).context("watch the folders")?;
+    }
+    let config = Arc::new(config);
+    let state = AppState {
+        runtime: runtime.clone(),
+        config: config.clone(),
+        url: url.into(),
+        api_key: config.api_key.as_deref().map(Arc::from),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async move { drop(stop_rx.await) })
+            .into_future(),
+    );
+    signal().await;
+    tracing::info!(
+        "shutting down: new requests get 503, running handlers get {:?}",
+        config.shutdown_grace
+    );
+    runtime.begin_shutdown();
+    let (rt, grace) = (runtime.clone(), config.shutdown_grace);
+    let saved = tokio::task::spawn_blocking(move || rt.snapshot(grace))
+        .await
+        .context("snapshot")?;
+    persist::save(&config.persistence_dir, &saved)?;
+    tracing::info!(saved = saved.len(), dir = %config.persistence_dir.display(), "paglets saved");
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
+    Ok(Exit::Ok)
+}
+
+async fn signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Command-line flags plus the launch config (TOML) → one validated [`HostConfig`]. Every
+//! usage error of `paglets host` is raised here; nothing later sees clap types.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::cli::HostArgs;
+
+/// A usage error: exit 2 with this line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Everything `paglets host` runs with.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// The host's name.
+    pub name: String,
+    /// Folders scanned for libraries, in order.
+    pub paths: Vec<PathBuf>,
+    /// Address to bind.
+    pub bind: String,
+    /// Port to bind (0: any).
+    pub port: u16,
+    /// Trusted peers.
+    pub peers: Vec<String>,
+    /// The mesh version, when given.
+    pub mesh_version: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Properties.
+    pub properties: BTreeMap<String, String>,
+    /// The API key; `None` means no auth.
+    pub api_key: Option<String>,
+    /// The persistence dir.
+    pub persistence_dir: PathBuf,
+    /// Watch the folders.
+    pub watch: bool,
+    /// Grace for running handlers at shutdown.
+    pub shutdown_grace: Duration,
+    /// Largest request body.
+    pub max_body: usize,
+    /// Load from folders other users can write.
+    pub allow_insecure_paths: bool,
+    /// Worker threads for paglet code.
+    pub workers: usize,
+    /// Paglets created at start when their id does not exist yet.
+    pub startup: Vec<StartupEntry>,
+}
+
+/// One `[[startup]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartupEntry {
+    /// The class.
+    pub class: String,
+    /// The id (the host picks one when absent).
+    pub id: Option<String>,
+    /// Initial state, merged over the class's default.
+    pub state: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LaunchFile {
+    #[serde(default)]
+    host: HostSection,
+    #[serde(default)]
+    discovery: DiscoverySection,
+    #[serde(default)]
+    auto_update: AutoUpdateSection,
+    #[serde(default)]
+    startup: Vec<StartupEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostSection {
+    name: Option<String>,
+    paths: Option<Vec<PathBuf>>,
+    host: Option<String>,
+    port: Option<u16>,
+    #[serde(default)]
+    peer: Vec<String>,
+    mesh_version: Option<String>,
+    #[serde(default)]
+    tag: Vec<String>,
+    #[serde(default)]
+    property: BTreeMap<String, String>,
+    api_key_env: Option<String>,
+    allow_unauthenticated: Option<bool>,
+    persistence_dir: Option<PathBuf>,
+    watch: Option<bool>,
+    auto_update_from_git: Option<bool>,
+    build_command: Option<String>,
+    shutdown_grace: Option<u64>,
+    max_body: Option<usize>,
+    allow_insecure_paths: Option<bool>,
+    workers: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiscoverySection {
+    paths: Option<Vec<PathBuf>>,
+    watch: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AutoUpdateSection {
+    build_command: Option<String>,
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn read_launch_file(explicit: Option<&Path>) -> Result<(LaunchFile, PathBuf), UsageError> {
+    let (path, must_exist) = match explicit {
+        Some(path) => (path.to_path_buf(), true),
+        None => (home().join(".paglets/launch.toml"), false),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+            return Ok((LaunchFile::default(), PathBuf::from(".")));
+        }
+        Err(e) => return Err(UsageError(format!("launch config {}: {e}", path.display()))),
+    };
+    let file: LaunchFile = toml::from_str(&text).map_err(|e| {
+        let message = e.message().trim().to_string();
+        UsageError(format!("launch config {}: {message}", path.display()))
+    })?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    Ok((file, base))
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl HostConfig {
+    /// Validates the flags against the launch config; flags win.
+    pub fn from_args(args: HostArgs) -> Result<HostConfig, UsageError> {
+        let (file, base) = read_launch_file(args.launch_config.as_deref())?;
+        let host = file.host;
+        let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let name = args.name.or(host.name).ok_or_else(|| {
+            UsageError("--name is required (or [host] name in the launch config)".into())
+        })?;
+        if name.is_empty() || name.contains('/') {
+            return Err(UsageError(format!(
+                "--name '{name}' must be non-empty without '/'"
+            )));
+        }
+        let paths = if !args.paths.is_empty() {
+            args.paths
+        } else {
+            let from_file = file.discovery.paths.or(host.paths).unwrap_or_default();
+            from_file.into_iter().map(rel).collect()
+        };
+        if paths.is_empty() {
+            return Err(UsageError(
+                "--paths is required (or [discovery] paths in the launch config)".into(),
+            ));
+        }
+        if args.auto_update_from_git || host.auto_update_from_git == Some(true) {
+            return Err(UsageError(
+                "--auto-update-from-git is not available in this version of paglets".into(),
+            ));
+        }
+        let _ = (
+            args.build_command,
+            host.build_command,
+            file.auto_update.build_command,
+        );
+        let api_key_env = args.api_key_env.or(host.api_key_env);
+        let api_key = match &api_key_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                UsageError(format!(
+                    "--api-key-env {var}: the environment variable is not set"
+                ))
+            })?),
+            None => std::env::var("PAGLETS_API_KEY").ok(),
+        }
+        .filter(|key| !key.is_empty());
+        let bind = args
+            .host
+            .or(host.host)
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let allow_unauthenticated =
+            args.allow_unauthenticated || host.allow_unauthenticated.unwrap_or(false);
+        if api_key.is_none() && !is_loopback(&bind) && !allow_unauthenticated {
+            return Err(UsageError(format!(
+                "--host {bind} is not a loopback address and no API key is set; set PAGLETS_API_KEY or pass --allow-unauthenticated"
+            )));
+        }
+        let mut properties = host.property;
+        properties.extend(args.property);
+        let watch = if args.no_watch {
+            false
+        } else if args.watch {
+            true
+        } else {
+            file.discovery.watch.or(host.watch).unwrap_or(true)
+        };
+        let persistence_dir = args
+            .persistence_dir
+            .or(host.persistence_dir.map(rel))
+            .unwrap_or_else(|| home().join(".paglets/hosts").join(&name));
+        Ok(HostConfig {
+            name,
+            paths,
+            bind,
+            port: args.port.or(host.port).unwrap_or(8765),
+            peers: if args.peer.is_empty() {
+                host.peer
+            } else {
+                args.peer
+            },
+            mesh_version: args.mesh_version.or(host.mesh_version),
+            tags: if args.tag.is_empty() {
+                host.tag
+            } else {
+                args.tag
+            },
+            properties,
+            api_key,
+            persistence_dir,
+            watch,
+            shutdown_grace: Duration::from_secs(
+                args.shutdown_grace.or(host.shutdown_grace).unwrap_or(10),
+            ),
+            max_body: args.max_body.or(host.max_body).unwrap_or(1024 * 1024),
+            allow_insecure_paths: args.allow_insecure_paths
+                || host.allow_insecure_paths.unwrap_or(false),
+            workers: args.workers.or(host.workers).unwrap_or(8),
+            startup: file.startup,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_addresses() {
+        for host in ["127.0.0.1", "::1", "localhost", "127.0.0.2"] {
+            assert!(super::is_loopback(host), "{host}");
+        }
+        for host in ["0.0.0.0", "10.0.0.1", "example.org"] {
+            assert!(!super::is_loopback(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn unknown_launch_keys_name_the_key_and_the_file() {
+        let dir = std::env::temp_dir().join(format!("paglets-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let file = dir.join("launch.toml");
+        std::fs::write(&file, "[host]\nname = \"a\"\ncolour = \"red\"\n").expect("write");
+        let err = super::read_launch_file(Some(&file)).expect_err("unknown key");
+        let text = err.to_string();
+        assert!(
+            text.contains("colour") && text.contains("launch.toml"),
+            "{text}"
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

@@ -1,0 +1,231 @@
+//! One live paglet: its mailbox, handled one job at a time in arrival order on the worker
+//! pool, and the code (library generation) it runs on.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use plugin_api::loader::{HostContext, Instance};
+use plugin_api::{Hook, PagletError};
+use serde_json::Value;
+
+use super::pool::Pool;
+use crate::registry::LoadedLib;
+
+/// Where a job's result goes.
+pub type Replier<T> = Box<dyn FnOnce(Result<T, PagletError>) + Send>;
+
+/// Work for an instance, run in order.
+pub enum Job {
+    /// A message; `chain` is the ids already handling a message up the call chain.
+    Message {
+        kind: String,
+        args: String,
+        chain: Vec<String>,
+        reply: Replier<String>,
+    },
+    /// Move to `lib` with the current state (a reload).
+    Migrate {
+        lib: Arc<LoadedLib>,
+        ctx: Box<dyn FnOnce() -> Ctx + Send>,
+        done: Replier<()>,
+    },
+    /// Run the disposing hook; the instance is already out of the table.
+    Dispose { reply: Replier<()> },
+}
+
+/// A host context for an instance, boxed for [`Job::Migrate`].
+pub type Ctx = super::HostCtx;
+
+#[derive(Default)]
+struct Mailbox {
+    queue: VecDeque<Job>,
+    /// Someone (a pool worker or an inline sender) owns draining this mailbox.
+    scheduled: bool,
+}
+
+/// One live paglet.
+pub struct Slot {
+    /// Its id.
+    pub id: String,
+    /// Its class.
+    pub class: String,
+    /// When it was created (or restored).
+    pub created_at: SystemTime,
+    /// Messages handled so far.
+    pub handled: AtomicU64,
+    busy: AtomicBool,
+    disposed: AtomicBool,
+    code: Mutex<Arc<LoadedLib>>,
+    paglet: Mutex<Instance>,
+    mailbox: Mutex<Mailbox>,
+    /// The call chain of the message being handled, for cycle checks.
+    chain: Mutex<Vec<String>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Host code holding these locks does not panic (plugin panics are caught on the plugin
+    // side), and the data stays consistent if it did: take it over.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Slot {
+    /// A slot for an instance already created (and hooked) on `lib`.
+    pub fn new(id: String, class: String, lib: Arc<LoadedLib>, paglet: Instance) -> Slot {
+        Slot {
+            id,
+            class,
+            created_at: SystemTime::now(),
+            handled: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
+            disposed: AtomicBool::new(false),
+            code: Mutex::new(lib),
+            paglet: Mutex::new(paglet),
+            mailbox: Mutex::default(),
+            chain: Mutex::default(),
+        }
+    }
+
+    /// The code it runs on.
+    pub fn code(&self) -> Arc<LoadedLib> {
+        lock(&self.code).clone()
+    }
+
+    /// True while a job runs.
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// The call chain of the message being handled.
+    pub fn chain(&self) -> Vec<String> {
+        lock(&self.chain).clone()
+    }
+
+    /// The state, unless a job is running (then `None` at once, never waiting).
+    pub fn try_state(&self) -> Option<Result<Value, PagletError>> {
+        if self.is_busy() {
+            return None;
+        }
+        let paglet = self.paglet.try_lock().ok()?;
+        Some(paglet.state().and_then(|text| {
+            serde_json::from_str(&text).map_err(|e| PagletError::Failed(format!("state: {e}")))
+        }))
+    }
+
+    /// Queues a job (`front` for migrations) and makes sure a worker drains the mailbox.
+    pub fn push(self: &Arc<Self>, job: Job, front: bool, pool: &Pool) {
+        let mut mailbox = lock(&self.mailbox);
+        if front {
+            mailbox.queue.push_front(job);
+        } else {
+            mailbox.queue.push_back(job);
+        }
+        if !mailbox.scheduled {
+            mailbox.scheduled = true;
+            pool.submit(self.clone());
+        }
+    }
+
+    /// Takes over draining if the mailbox is idle and empty, so a sender can run a job
+    /// inline on its own thread. Pair with [`release`](Slot::release).
+    pub fn try_claim(&self) -> bool {
+        let mut mailbox = lock(&self.mailbox);
+        if mailbox.scheduled || !mailbox.queue.is_empty() {
+            return false;
+        }
+        mailbox.scheduled = true;
+        true
+    }
+
+    /// Gives up draining; hands queued jobs to the pool.
+    pub fn release(self: &Arc<Self>, pool: &Pool) {
+        let mut mailbox = lock(&self.mailbox);
+        if mailbox.queue.is_empty() {
+            mailbox.scheduled = false;
+        } else {
+            pool.submit(self.clone());
+        }
+    }
+
+    /// Runs queued jobs; after `budget` of them, yields the worker to other instances.
+    pub fn drain(self: &Arc<Self>, pool: &Pool, budget: usize) {
+        for _ in 0..budget {
+            let job = {
+                let mut mailbox = lock(&self.mailbox);
+                match mailbox.queue.pop_front() {
+                    Some(job) => job,
+                    None => {
+                        mailbox.scheduled = false;
+                        return;
+                    }
+                }
+            };
+            self.run(job);
+        }
+        pool.submit(self.clone());
+    }
+
+    /// Runs one job now, on this thread.
+    pub fn run(&self, job: Job) {
+        self.busy.store(true, Ordering::Release);
+        let mut paglet = lock(&self.paglet);
+        match job {
+            Job::Message { reply, .. } if self.disposed.load(Ordering::Acquire) => {
+                reply(Err(PagletError::Failed(format!(
+                    "paglet {} was disposed",
+                    self.id
+                ))));
+            }
+            Job::Message {
+                kind,
+                args,
+                chain,
+                reply,
+            } => {
+                *lock(&self.chain) = chain;
+                let result = paglet.handle(&kind, &args);
+                lock(&self.chain).clear();
+                self.handled.fetch_add(1, Ordering::Relaxed);
+                reply(result);
+            }
+            Job::Migrate { lib, ctx, done } => {
+                let result = migrate(&mut paglet, &self.class, &lib, ctx());
+                if let Ok(fresh) = result {
+                    *paglet = fresh;
+                    *lock(&self.code) = lib;
+                    done(Ok(()));
+                } else if let Err(e) = result {
+                    done(Err(e));
+                }
+            }
+            Job::Dispose { reply } => {
+                self.disposed.store(true, Ordering::Release);
+                reply(paglet.hook(Hook::Disposing));
+            }
+        }
+        drop(paglet);
+        self.busy.store(false, Ordering::Release);
+    }
+}
+
+/// Snapshot, re-create on the new code, run the arrival hook. The old instance is untouched
+/// on failure.
+fn migrate(
+    old: &mut Instance,
+    class: &str,
+    lib: &LoadedLib,
+    ctx: impl HostContext,
+) -> Result<Instance, PagletError> {
+    if lib.library.class(class).is_none() {
+        return Err(PagletError::Failed(format!(
+            "the new code of {} has no class {class}",
+            lib.source.display()
+        )));
+    }
+    let state: Value = serde_json::from_str(&old.state()?)
+        .map_err(|e| PagletError::Failed(format!("state: {e}")))?;
+    let mut fresh = lib.library.create(class, Some(&state), ctx)?;
+    fresh.hook(Hook::Arrived)?;
+    Ok(fresh)
+}
