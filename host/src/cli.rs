@@ -79,7 +79,7 @@ pub struct HostArgs {
     #[arg(long, overrides_with = "no_watch")]
     pub watch: bool,
     /// Do not watch the folders; rescan with POST /admin/rescan.
-    #[arg(long)]
+    #[arg(long, overrides_with = "watch")]
     pub no_watch: bool,
     /// Keep the checkout aligned with its upstream, rebuild and reload.
     #[arg(long)]

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::abi::{self, HostSide, InstanceBox, Module};
 use crate::error::{LoadError, PagletError};
-use crate::paglet::{ClassSet, Hook};
+use crate::paglet::Hook;
 
 /// What a library says about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,7 +112,10 @@ impl Library {
 
     /// A library made of class set `L` in this process, through the same shims a built
     /// library exports.
-    pub(crate) fn in_process<L: ClassSet>(label: &str) -> Result<Library, LoadError> {
+    #[cfg(feature = "testing")]
+    pub(crate) fn in_process<L: crate::paglet::ClassSet>(
+        label: &str,
+    ) -> Result<Library, LoadError> {
         Library::from_module(Path::new(label), Module(abi::root_module::<L>()))
     }
 
@@ -162,8 +165,14 @@ impl Library {
             PagletError::Failed(format!("library {} has no class {class}", self.info.name))
         })?;
         let mut merged = info.state_template.clone();
-        if let Some(state) = state {
-            merge(&mut merged, state);
+        match state {
+            None | Some(Value::Null) => {}
+            Some(state @ Value::Object(_)) => merge(&mut merged, state),
+            Some(other) => {
+                return Err(PagletError::InvalidArgs(format!(
+                    "state for {class} must be a JSON object, not {other}"
+                )));
+            }
         }
         let state = serde_json::to_string(&merged)
             .map_err(|e| PagletError::InvalidArgs(format!("state: {e}")))?;
@@ -292,6 +301,15 @@ fn check_elf(path: &Path) -> Result<(), LoadError> {
             )));
         }
     }
+    // The section header table comes last in the file: a library whose loadable segments are
+    // complete but which is cut short after them (most of a debug build is debug info) is
+    // still being written, too.
+    header.section_headers(endian, &*data).map_err(|e| {
+        truncated(format!(
+            "the section header table lies past the end of the file ({len} bytes; still being \
+             written?): {e}"
+        ))
+    })?;
     Ok(())
 }
 

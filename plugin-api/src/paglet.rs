@@ -233,9 +233,12 @@ impl ClassEntry {
 }
 
 /// A single paglet type as a class set; its library name is the crate the type lives in.
+/// Only the harness uses it.
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub struct Single<P>(std::marker::PhantomData<P>);
 
+#[cfg(feature = "testing")]
 impl<P: Paglet> ClassSet for Single<P> {
     fn library() -> String {
         let full = std::any::type_name::<P>();

@@ -6,7 +6,10 @@
 //! - real library: [`PagletTest::from_library`] loads the built `cdylib` through the host's
 //!   loader (find it with [`built_library`]).
 //!
-//! ```
+//! An in-process class is named after the crate its type lives in (`rust_out` in this
+//! example, which is a crate of its own).
+//!
+//! ```standalone_crate
 //! use plugin_api::{Context, Message, Paglet, PagletError, Reply, testing::PagletTest};
 //! use serde::{Deserialize, Serialize};
 //!

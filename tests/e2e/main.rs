@@ -1,1 +1,8 @@
-mod x {}
+//! The end-to-end tests: one binary, one module per area. The harness is in `tests/src/lib.rs`.
+
+mod bad_libraries;
+mod cli;
+mod discover;
+mod http_api;
+mod lifecycle;
+mod reload;

@@ -1,1 +1,400 @@
-//! placeholder
+//! The end-to-end harness: the real `paglets` binary cargo built, real example libraries,
+//! real processes on 127.0.0.1.
+//!
+//! - [`TestHost`] spawns `paglets host` on port 0, reads the URL it prints, waits for
+//!   `/health`, and stops the process when dropped.
+//! - [`PluginDir`] is a temp folder of library copies (glibc dedups `dlopen` by path, so
+//!   every test gets its own files).
+//! - [`fixture`] builds the misbehaving test libraries in `tests/fixtures/` once, into their
+//!   own target dir.
+//!
+//! The binary and the examples come from `cargo build --workspace`, which the README's test
+//! command runs first.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long anything in a test may take before it counts as hung.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// `target/<profile>/` of the running test binary (`.../deps/e2e-*` → `...`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<exe>")
+        .to_path_buf()
+}
+
+/// The built `paglets` binary.
+pub fn paglets_bin() -> PathBuf {
+    let bin = target_dir().join("paglets");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --workspace` first",
+        bin.display()
+    );
+    bin
+}
+
+/// A built example library, e.g. `example("counter")` → `target/<profile>/libcounter.so`.
+pub fn example(name: &str) -> PathBuf {
+    let file = format!("lib{}.so", name.replace('-', "_"));
+    let path = target_dir().join(&file);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+/// The example crates.
+pub const EXAMPLES: [&str; 4] = ["counter", "hello", "server-info", "pi"];
+
+/// A misbehaving fixture library from `tests/fixtures/`, built once per test run.
+pub fn fixture(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let fixtures = root().join("tests/fixtures");
+        let target = fixtures.join("target");
+        run_ok(
+            Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "--manifest-path"])
+                .arg(fixtures.join("Cargo.toml"))
+                .arg("--target-dir")
+                .arg(&target),
+        );
+        target.join("debug")
+    });
+    let path = dir.join(format!("lib{}.so", name.replace('-', "_")));
+    assert!(path.is_file(), "fixture {} was not built", path.display());
+    path
+}
+
+/// Runs a command to completion and panics with its output unless it succeeded.
+pub fn run_ok(command: &mut Command) -> std::process::Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Polls `check` until it returns `Some`, or panics naming `what` after [`DEADLINE`].
+pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A temp folder of library files for a host to scan.
+pub struct PluginDir {
+    dir: tempfile::TempDir,
+}
+
+impl PluginDir {
+    /// An empty folder.
+    pub fn new() -> PluginDir {
+        PluginDir {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// A folder holding copies of every example library.
+    pub fn with_examples() -> PluginDir {
+        let dir = PluginDir::new();
+        for name in EXAMPLES {
+            dir.add(&example(name));
+        }
+        dir
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Copies `library` in under its own file name; returns the new path.
+    pub fn add(&self, library: &Path) -> PathBuf {
+        let name = library.file_name().expect("a file name");
+        self.add_as(library, &name.to_string_lossy())
+    }
+
+    /// Copies `library` in as `name`, atomically (a temp name, then a rename).
+    pub fn add_as(&self, library: &Path, name: &str) -> PathBuf {
+        let tmp = self.path().join(format!(".{name}.tmp"));
+        std::fs::copy(library, &tmp).expect("copy the library");
+        let dest = self.path().join(name);
+        std::fs::rename(&tmp, &dest).expect("rename into place");
+        dest
+    }
+
+    /// Writes raw bytes as `name`.
+    pub fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let dest = self.path().join(name);
+        std::fs::write(&dest, bytes).expect("write");
+        dest
+    }
+}
+
+impl Default for PluginDir {
+    fn default() -> Self {
+        PluginDir::new()
+    }
+}
+
+/// A running `paglets host`.
+pub struct TestHost {
+    child: Child,
+    /// The URL it printed.
+    pub url: String,
+    /// The API key it was started with, sent by the request helpers.
+    pub key: Option<String>,
+    /// Its persistence dir (kept across restarts when given to [`TestHost::start_in`]).
+    pub persistence: PathBuf,
+    _persistence: Option<tempfile::TempDir>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    http: reqwest::blocking::Client,
+}
+
+/// An HTTP answer: status and JSON body (`Null` when empty).
+#[derive(Debug)]
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The body as JSON.
+    pub json: Value,
+    /// The `WWW-Authenticate` header, if any.
+    pub www_authenticate: Option<String>,
+}
+
+impl TestHost {
+    /// Starts a host named `name` over `paths` with extra `args`, in a fresh persistence dir.
+    pub fn start(paths: &[&Path], args: &[&str]) -> TestHost {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut host = TestHost::spawn(paths, args, dir.path(), &[]);
+        host._persistence = Some(dir);
+        host
+    }
+
+    /// Starts a host with `persistence` as its persistence dir and `env` set.
+    pub fn start_in(
+        paths: &[&Path],
+        args: &[&str],
+        persistence: &Path,
+        env: &[(&str, &str)],
+    ) -> TestHost {
+        TestHost::spawn(paths, args, persistence, env)
+    }
+
+    fn spawn(paths: &[&Path], args: &[&str], persistence: &Path, env: &[(&str, &str)]) -> TestHost {
+        let mut command = host_command(paths, args, persistence);
+        command.env_remove("PAGLETS_API_KEY");
+        let mut key = None;
+        for (name, value) in env {
+            command.env(name, value);
+            if *name == "PAGLETS_API_KEY" && !value.is_empty() {
+                key = Some(value.to_string());
+            }
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn paglets host");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let err = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push_str(&(line + "\n"));
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = match rx.recv_timeout(DEADLINE) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let log = stderr.lock().map(|s| s.clone()).unwrap_or_default();
+                panic!("the host printed no URL within {DEADLINE:?}; stderr:\n{log}");
+            }
+        };
+        let url = line.rsplit(' ').next().expect("a URL").to_string();
+        assert!(
+            line.contains("listening at http://127.0.0.1:"),
+            "unexpected first line: {line}"
+        );
+        let host = TestHost {
+            child,
+            url,
+            key,
+            persistence: persistence.to_path_buf(),
+            _persistence: None,
+            stderr,
+            http: reqwest::blocking::Client::builder()
+                .timeout(DEADLINE)
+                .build()
+                .expect("client"),
+        };
+        wait_for("/health to answer 200", || {
+            (host.get("/health").status == 200).then_some(())
+        });
+        host
+    }
+
+    /// Everything the host logged so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Sends a request with the host's key; `body` is sent as raw text when given.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        key: Option<&str>,
+    ) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(key) = key.or(self.key.as_deref()) {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request.body(body.to_string());
+        }
+        let response = request
+            .send()
+            .unwrap_or_else(|e| panic!("{path}: {e}\nhost log:\n{}", self.log()));
+        let status = response.status().as_u16();
+        let www_authenticate = response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let text = response.text().expect("body");
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}"))
+        };
+        Answer {
+            status,
+            json,
+            www_authenticate,
+        }
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> Answer {
+        self.request("GET", path, None, None)
+    }
+
+    /// `POST path` with a JSON body.
+    pub fn post(&self, path: &str, body: &Value) -> Answer {
+        self.request("POST", path, Some(&body.to_string()), None)
+    }
+
+    /// `DELETE path`.
+    pub fn delete(&self, path: &str) -> Answer {
+        self.request("DELETE", path, None, None)
+    }
+
+    /// Creates a paglet and returns its id, asserting 201.
+    pub fn create(&self, class: &str, state: Value) -> String {
+        let answer = self.post(
+            "/paglets",
+            &serde_json::json!({"class": class, "state": state}),
+        );
+        assert_eq!(answer.status, 201, "create {class}: {:?}", answer.json);
+        answer.json["id"].as_str().expect("an id").to_string()
+    }
+
+    /// Sends a message and returns the answer.
+    pub fn send(&self, id: &str, kind: &str, args: Value) -> Answer {
+        self.post(
+            &format!("/paglets/{id}/messages"),
+            &serde_json::json!({"kind": kind, "args": args}),
+        )
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit.
+    pub fn stop(mut self) -> ExitStatus {
+        // SAFETY: `kill` on the pid of a child we own and have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        wait_for("the host to exit", || self.child.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `paglets host` with `--port 0`, the paths, a name and the persistence dir.
+pub fn host_command(paths: &[&Path], args: &[&str], persistence: &Path) -> Command {
+    let mut command = Command::new(paglets_bin());
+    command.args(["host", "--port", "0", "--no-watch"]);
+    if !args.contains(&"--name") {
+        command.args(["--name", "test"]);
+    }
+    if !paths.is_empty() {
+        command.arg("--paths").args(paths);
+    }
+    command.arg("--persistence-dir").arg(persistence);
+    // Tests that want the watcher pass --watch, which overrides --no-watch.
+    command.args(args);
+    command.env("RUST_LOG", "info").env("HOME", persistence);
+    command
+}
+
+/// Runs `paglets` with `args` to completion.
+pub fn paglets(args: &[&str]) -> std::process::Output {
+    Command::new(paglets_bin())
+        .args(args)
+        .env_remove("PAGLETS_API_KEY")
+        .output()
+        .expect("run paglets")
+}
