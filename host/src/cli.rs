@@ -87,6 +87,12 @@ pub struct HostArgs {
     /// The build command for auto-update [default: cargo build --release --locked].
     #[arg(long)]
     pub build_command: Option<String>,
+    /// Seconds before a hung build is killed [default: 900].
+    #[arg(long)]
+    pub build_timeout: Option<u64>,
+    /// Seconds to wait for another process's update lock [default: 300].
+    #[arg(long)]
+    pub update_lock_timeout: Option<u64>,
     /// Seconds running handlers get to finish at shutdown [default: 10].
     #[arg(long)]
     pub shutdown_grace: Option<u64>,

@@ -49,6 +49,8 @@ pub struct HostConfig {
     pub allow_insecure_paths: bool,
     /// Worker threads for paglet code.
     pub workers: usize,
+    /// Git auto-update, when on.
+    pub auto_update: Option<crate::update::UpdateSettings>,
     /// Paglets created at start when their id does not exist yet.
     pub startup: Vec<StartupEntry>,
 }
@@ -98,6 +100,8 @@ struct HostSection {
     watch: Option<bool>,
     auto_update_from_git: Option<bool>,
     build_command: Option<String>,
+    build_timeout: Option<u64>,
+    update_lock_timeout: Option<u64>,
     shutdown_grace: Option<u64>,
     max_body: Option<usize>,
     allow_insecure_paths: Option<bool>,
@@ -115,6 +119,8 @@ struct DiscoverySection {
 #[serde(deny_unknown_fields)]
 struct AutoUpdateSection {
     build_command: Option<String>,
+    build_timeout: Option<u64>,
+    update_lock_timeout: Option<u64>,
 }
 
 fn home() -> PathBuf {
@@ -164,8 +170,12 @@ impl HostConfig {
                 "--name '{name}' must be non-empty without '/'"
             )));
         }
-        let paths = if !args.paths.is_empty() {
+        let paths: Vec<PathBuf> = if !args.paths.is_empty() {
+            // Absolute, so a re-executed host and the reports name the same files.
             args.paths
+                .into_iter()
+                .map(|p| std::path::absolute(&p).unwrap_or(p))
+                .collect()
         } else {
             let from_file = file.discovery.paths.or(host.paths).unwrap_or_default();
             from_file.into_iter().map(rel).collect()
@@ -175,16 +185,27 @@ impl HostConfig {
                 "--paths is required (or [discovery] paths in the launch config)".into(),
             ));
         }
-        if args.auto_update_from_git || host.auto_update_from_git == Some(true) {
-            return Err(UsageError(
-                "--auto-update-from-git is not available in this version of paglets".into(),
-            ));
-        }
-        let _ = (
-            args.build_command,
-            host.build_command,
-            file.auto_update.build_command,
-        );
+        let section = file.auto_update;
+        let auto_update = (args.auto_update_from_git || host.auto_update_from_git == Some(true))
+            .then(|| crate::update::UpdateSettings {
+                build_command: args
+                    .build_command
+                    .or(host.build_command)
+                    .or(section.build_command)
+                    .unwrap_or_else(|| "cargo build --release --locked".into()),
+                build_timeout: Duration::from_secs(
+                    args.build_timeout
+                        .or(host.build_timeout)
+                        .or(section.build_timeout)
+                        .unwrap_or(900),
+                ),
+                lock_timeout: Duration::from_secs(
+                    args.update_lock_timeout
+                        .or(host.update_lock_timeout)
+                        .or(section.update_lock_timeout)
+                        .unwrap_or(300),
+                ),
+            });
         let api_key_env = args.api_key_env.or(host.api_key_env);
         let api_key = match &api_key_env {
             Some(var) => Some(std::env::var(var).map_err(|_| {
@@ -246,6 +267,7 @@ impl HostConfig {
             allow_insecure_paths: args.allow_insecure_paths
                 || host.allow_insecure_paths.unwrap_or(false),
             workers: args.workers.or(host.workers).unwrap_or(8),
+            auto_update,
             startup: file.startup,
         })
     }

@@ -12,6 +12,7 @@ mod discovery;
 mod persist;
 mod registry;
 mod runtime;
+mod update;
 mod watch;
 
 use std::process::ExitCode;
@@ -40,7 +41,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code.into(),
         Err(failure) => {
-            eprintln!("paglets: {failure}");
+            eprintln!("{}", failure.line());
             failure.exit_code().into()
         }
     }

@@ -328,6 +328,14 @@ impl Registry {
         }
     }
 
+    /// The sha256 loaded for each file.
+    pub fn loaded_shas(&self) -> BTreeMap<PathBuf, String> {
+        self.files
+            .iter()
+            .filter_map(|(path, slot)| Some((path.clone(), slot.current.as_ref()?.sha256.clone())))
+            .collect()
+    }
+
     /// The number of files with a library loaded.
     pub fn loaded_count(&self) -> usize {
         self.files.values().filter(|s| s.current.is_some()).count()

@@ -60,6 +60,10 @@ pub fn spawn(runtime: Arc<Runtime>, paths: Vec<PathBuf>) -> notify::Result<()> {
                 if runtime.is_shutting_down() {
                     return;
                 }
+                if runtime.watch_paused() {
+                    // An update is building; it rescans itself when done.
+                    continue;
+                }
                 let reply = runtime.rescan();
                 let text = serde_json::to_string(&reply).unwrap_or_default();
                 if text.contains("\"loaded\":[\"")

@@ -6,10 +6,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, JsonBody, blocking};
+use crate::update::UpdateResult;
 
 /// `GET /health`.
 pub async fn health(State(app): State<AppState>) -> Json<Value> {
     let config = &app.config;
+    let updater = app.updater.as_deref();
     let (libraries, digest) = {
         let registry = app.runtime.registry();
         (registry.loaded_count(), registry.digest())
@@ -21,16 +23,18 @@ pub async fn health(State(app): State<AppState>) -> Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "abi_version": plugin_api::PAGLETS_ABI,
         "mesh_version": config.mesh_version,
-        "code_version": config.mesh_version.clone().unwrap_or(digest),
+        "code_version": config.mesh_version.clone()
+            .or_else(|| app.updater.as_ref().map(|u| u.applied_head()))
+            .unwrap_or(digest),
         "tags": config.tags,
         "properties": config.properties,
         "paglets": app.runtime.count(),
         "libraries": libraries,
-        "auto_update_from_git": false,
-        "git_head": null,
-        "git_process_start_head": null,
-        "git_applied_head": null,
-        "git_update": null,
+        "auto_update_from_git": updater.is_some(),
+        "git_head": updater.and_then(|u| u.head()),
+        "git_process_start_head": updater.map(|u| u.process_start_head()),
+        "git_applied_head": updater.map(|u| u.applied_head()),
+        "git_update": updater.and_then(|u| u.last()),
     }))
 }
 
@@ -63,9 +67,12 @@ pub struct GitUpdateBody {
     source_url: Option<String>,
 }
 
-/// `POST /admin/git-update`: this host runs without `--auto-update-from-git`, so every
-/// valid request answers `disabled`.
-pub async fn git_update(JsonBody(body): JsonBody<GitUpdateBody>) -> Result<Json<Value>, ApiError> {
+/// `POST /admin/git-update`: synchronous; every outcome is 200 with the result, a second
+/// request while one runs on this host is 409.
+pub async fn git_update(
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody<GitUpdateBody>,
+) -> Result<Json<Value>, ApiError> {
     if let Some(target) = &body.target_hash {
         let hex = target.bytes().all(|b| b.is_ascii_hexdigit());
         if !(4..=64).contains(&target.len()) || !hex {
@@ -74,23 +81,25 @@ pub async fn git_update(JsonBody(body): JsonBody<GitUpdateBody>) -> Result<Json<
             )));
         }
     }
-    let _ = (&body.source_name, &body.source_url);
-    Ok(Json(json!({
-        "ok": false,
-        "status": "disabled",
-        "repo_root": null,
-        "before_head": null,
-        "after_head": null,
-        "process_start_head": null,
-        "target_hash": body.target_hash,
-        "changed": false,
-        "restart_required": false,
-        "build_run": false,
-        "reloaded": [],
-        "stdout": "",
-        "stderr": "",
-        "error": "this host was not started with --auto-update-from-git",
-    })))
+    if let Some(source) = &body.source_name {
+        tracing::info!(source, url = ?body.source_url, target = ?body.target_hash, "update requested by a peer");
+    }
+    let Some(updater) = app.updater.clone() else {
+        return Ok(Json(json!(UpdateResult::disabled(body.target_hash))));
+    };
+    let runtime = app.runtime.clone();
+    let result = blocking(move || {
+        updater
+            .update(&runtime, body.target_hash.as_deref())
+            .ok_or_else(|| {
+                ApiError::conflict("an update is already running on this host (status: running)")
+            })
+    })
+    .await?;
+    if result.restart_required {
+        app.restart.notify_one();
+    }
+    Ok(Json(json!(result)))
 }
 
 /// `GET /mesh/hosts`: the configured peers; this version does not probe them yet.

@@ -54,6 +54,11 @@ impl ApiError {
         )
     }
 
+    /// 409 `conflict`.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
     /// 413 `payload-too-large`.
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(

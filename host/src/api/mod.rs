@@ -29,6 +29,10 @@ pub struct AppState {
     pub url: Arc<str>,
     /// The API key, when auth is on.
     pub api_key: Option<Arc<str>>,
+    /// Git auto-update, when on.
+    pub updater: Option<Arc<crate::update::Updater>>,
+    /// Notified when an update needs the host to re-execute itself.
+    pub restart: Arc<tokio::sync::Notify>,
 }
 
 /// All routes, behind the auth gate and the body limit.

@@ -13,6 +13,7 @@ use crate::config::HostConfig;
 use crate::persist::{self, DirLock, LockError};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
+use crate::update::Updater;
 
 /// The top-level entry point for `paglets host`.
 pub fn run(args: Box<HostArgs>) -> CommandResult {
@@ -21,6 +22,14 @@ pub fn run(args: Box<HostArgs>) -> CommandResult {
         LockError::Owned { .. } => Failure::Usage(e.to_string()),
         other => Failure::Failed(other.into()),
     })?;
+    let updater = match &config.auto_update {
+        Some(settings) => {
+            Some(Arc::new(Updater::start(settings.clone()).map_err(|e| {
+                Failure::Verbatim(format!("paglets host: {e}"))
+            })?))
+        }
+        None => None,
+    };
     for path in &config.paths {
         if !path.is_dir() {
             tracing::warn!(folder = %path.display(), "does not exist yet; it is picked up when it appears");
@@ -61,10 +70,14 @@ pub fn run(args: Box<HostArgs>) -> CommandResult {
         .enable_all()
         .build()
         .context("start the async runtime")?
-        .block_on(serve(config, runtime))
+        .block_on(serve(config, runtime, updater))
 }
 
-async fn serve(config: HostConfig, runtime: Arc<Runtime>) -> CommandResult {
+async fn serve(
+    config: HostConfig,
+    runtime: Arc<Runtime>,
+    updater: Option<Arc<Updater>>,
+) -> CommandResult {
     let listener = tokio::net::TcpListener::bind((config.bind.as_str(), config.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
@@ -81,14 +94,23 @@ async fn serve(config: HostConfig, runtime: Arc<Runtime>) -> CommandResult {
         config: config.clone(),
         url: url.into(),
         api_key: config.api_key.as_deref().map(Arc::from),
+        updater: updater.clone(),
+        restart: Arc::new(tokio::sync::Notify::new()),
     };
+    let restart = state.restart.clone();
+    if let Some(updater) = &updater {
+        announce(&config, &state.url, &updater.applied_head());
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         axum::serve(listener, router(state))
             .with_graceful_shutdown(async move { drop(stop_rx.await) })
             .into_future(),
     );
-    signal().await;
+    let restarting = tokio::select! {
+        () = signal() => false,
+        () = restart.notified() => true,
+    };
     tracing::info!(
         "shutting down: new requests get 503, running handlers get {:?}",
         config.shutdown_grace
@@ -102,7 +124,56 @@ async fn serve(config: HostConfig, runtime: Arc<Runtime>) -> CommandResult {
     tracing::info!(saved = saved.len(), dir = %config.persistence_dir.display(), "paglets saved");
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
-    Ok(Exit::Ok)
+    match (restarting, &updater) {
+        (true, Some(updater)) => Err(reexec(updater.exe())),
+        _ => Ok(Exit::Ok),
+    }
+}
+
+/// Replaces this process with the (rebuilt) executable recorded at start, with the same
+/// arguments. Open descriptors (the persistence dir's lock, the listener) are close-on-exec.
+fn reexec(exe: &std::path::Path) -> Failure {
+    use std::os::unix::process::CommandExt;
+    tracing::info!(exe = %exe.display(), "the host binary changed: re-executing");
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    Failure::Failed(anyhow::anyhow!(
+        "cannot re-execute {}: {err}",
+        exe.display()
+    ))
+}
+
+/// Sends this host's applied head to its peers, in the background, and logs each answer.
+fn announce(config: &HostConfig, url: &str, head: &str) {
+    let body =
+        serde_json::json!({"target_hash": head, "source_name": config.name, "source_url": url});
+    for peer in config.peers.clone() {
+        let (body, key) = (body.clone(), config.api_key.clone());
+        std::thread::spawn(move || {
+            let endpoint = format!("{}/admin/git-update", peer.trim_end_matches('/'));
+            let client = reqwest::blocking::Client::builder()
+                .timeout(std::time::Duration::from_secs(1800))
+                .build();
+            let mut request = match client {
+                Ok(client) => client.post(&endpoint).json(&body),
+                Err(e) => return tracing::warn!(peer, "cannot build an HTTP client: {e}"),
+            };
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            match request.send().and_then(|r| r.json::<serde_json::Value>()) {
+                Ok(answer) if answer["status"] == "target-missing" => tracing::warn!(
+                    peer,
+                    "peer answered target-missing: commit may not have been pushed"
+                ),
+                Ok(answer) => {
+                    tracing::info!(peer, status = %answer["status"], "peer answered the update")
+                }
+                Err(e) => tracing::warn!(peer, "cannot reach the peer: {e}"),
+            }
+        });
+    }
 }
 
 async fn signal() {

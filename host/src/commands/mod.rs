@@ -31,14 +31,25 @@ pub enum Failure {
     /// Anything else (exit 1).
     #[error("{0:#}")]
     Failed(#[from] anyhow::Error),
+    /// A failure whose whole stderr line is fixed by the contract (exit 1).
+    #[error("{0}")]
+    Verbatim(String),
 }
 
 impl Failure {
+    /// The line printed on stderr.
+    pub fn line(&self) -> String {
+        match self {
+            Failure::Verbatim(line) => line.clone(),
+            other => format!("paglets: {other}"),
+        }
+    }
+
     /// The exit code for this failure.
     pub fn exit_code(&self) -> u8 {
         match self {
             Failure::Usage(_) => 2,
-            Failure::Failed(_) => 1,
+            Failure::Failed(_) | Failure::Verbatim(_) => 1,
         }
     }
 }

@@ -58,6 +58,7 @@ pub struct Runtime {
     pool: Pool,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
+    watch_paused: AtomicBool,
     /// Saved paglets whose class is not loaded; kept and saved again.
     unrestored: Mutex<Vec<Saved>>,
     me: Weak<Runtime>,
@@ -107,7 +108,8 @@ pub struct RescanReply {
     /// Files refused by this scan.
     pub errors: Vec<FileError>,
     migrated: Vec<String>,
-    migration_failed: Vec<FileError>,
+    /// Instances that stay on their old code, and why.
+    pub migration_failed: Vec<FileError>,
     /// Instances still busy; each migrates when it becomes idle.
     pending: Vec<String>,
 }
@@ -129,6 +131,7 @@ impl Runtime {
             pool,
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
+            watch_paused: AtomicBool::new(false),
             unrestored: Mutex::default(),
             me: me.clone(),
         }))
@@ -421,6 +424,16 @@ impl Runtime {
             }
         }
         *lock(&self.unrestored) = missing;
+    }
+
+    /// Pauses (or resumes) rescans by the folder watcher, e.g. while a build runs.
+    pub fn pause_watch(&self, paused: bool) {
+        self.watch_paused.store(paused, Ordering::Release);
+    }
+
+    /// True while the watcher must not rescan.
+    pub fn watch_paused(&self) -> bool {
+        self.watch_paused.load(Ordering::Acquire)
     }
 
     /// Refuses new work from now on.

@@ -1,0 +1,323 @@
+//! Git auto-update: pull the checkout the host runs from, rebuild, reload in place.
+//!
+//! One update at a time per host (a second request is refused with 409) and per checkout
+//! (the lock in `lock.rs`, shared by every host and worktree of the repository). The watcher
+//! is paused while an update runs, so a half-built library is never loaded.
+
+pub mod build;
+pub mod git;
+pub mod lock;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::runtime::Runtime;
+
+/// The outcome of an update; its serde form is the contract's status string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateStatus {
+    /// The host runs without `--auto-update-from-git`.
+    Disabled,
+    /// Uncommitted or untracked changes; nothing was done.
+    DirtyWorktree,
+    /// git could not read the status.
+    StatusFailed,
+    /// git could not fetch (including: no upstream).
+    FetchFailed,
+    /// The requested commit is not there after fetch.
+    TargetMissing,
+    /// The fast-forward failed (diverged history, conflicts).
+    PullFailed,
+    /// The commit exists but HEAD is elsewhere after the pull.
+    TargetNotCurrent,
+    /// The code was updated but the build failed; the old libraries keep running.
+    BuildFailed,
+    /// HEAD equals the applied head; nothing to do.
+    Current,
+    /// Built and reloaded.
+    Updated,
+    /// Another process held the checkout's update lock past the lock timeout.
+    LockTimeout,
+}
+
+/// The reply of `POST /admin/git-update` and `git_update` in `/health`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpdateResult {
+    ok: bool,
+    /// The outcome.
+    pub status: UpdateStatus,
+    repo_root: Option<PathBuf>,
+    before_head: Option<String>,
+    after_head: Option<String>,
+    process_start_head: Option<String>,
+    target_hash: Option<String>,
+    changed: bool,
+    /// The host binary changed: the host re-executes itself after answering.
+    pub restart_required: bool,
+    build_run: bool,
+    reloaded: Vec<PathBuf>,
+    stdout: String,
+    stderr: String,
+    error: Option<String>,
+}
+
+impl UpdateResult {
+    fn new(status: UpdateStatus) -> Self {
+        UpdateResult {
+            ok: false,
+            status,
+            repo_root: None,
+            before_head: None,
+            after_head: None,
+            process_start_head: None,
+            target_hash: None,
+            changed: false,
+            restart_required: false,
+            build_run: false,
+            reloaded: Vec::new(),
+            stdout: String::new(),
+            stderr: String::new(),
+            error: None,
+        }
+    }
+
+    /// The answer of a host without `--auto-update-from-git`.
+    pub fn disabled(target_hash: Option<String>) -> Self {
+        UpdateResult {
+            target_hash,
+            error: Some("this host was not started with --auto-update-from-git".into()),
+            ..UpdateResult::new(UpdateStatus::Disabled)
+        }
+    }
+
+    fn fail(mut self, status: UpdateStatus, error: impl Into<String>) -> Self {
+        self.status = status;
+        self.ok = false;
+        self.error = Some(error.into());
+        self
+    }
+}
+
+/// Settings of the updater.
+#[derive(Debug, Clone)]
+pub struct UpdateSettings {
+    /// `sh -c` command run in the checkout root.
+    pub build_command: String,
+    /// Kill the build after this long.
+    pub build_timeout: Duration,
+    /// Wait this long for another process's update lock.
+    pub lock_timeout: Duration,
+}
+
+/// Why the startup update stopped the start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The checkout has local changes.
+    #[error("--auto-update-from-git requires a clean git checkout; startup cancelled.")]
+    Dirty,
+    /// Anything else, with the reason.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The updater of one host.
+#[derive(Debug)]
+pub struct Updater {
+    checkout: git::Checkout,
+    settings: UpdateSettings,
+    process_start_head: String,
+    applied_head: Mutex<String>,
+    last: Mutex<Option<UpdateResult>>,
+    running: Mutex<()>,
+    exe: PathBuf,
+    exe_sha: String,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Updater {
+    /// Finds the checkout around the working directory and brings it up to date before the
+    /// host serves: under the lock, refuse a dirty checkout, fetch and fast-forward (failures
+    /// there are logged, the local code still runs), then build once.
+    pub fn start(settings: UpdateSettings) -> Result<Updater, StartupError> {
+        let cwd = std::env::current_dir()
+            .map_err(|e| StartupError::Failed(format!("working directory: {e}")))?;
+        let checkout = git::discover(&cwd)
+            .map_err(|e| StartupError::Failed(format!("--auto-update-from-git: {e}")))?;
+        let exe = std::env::current_exe()
+            .map_err(|e| StartupError::Failed(format!("own executable: {e}")))?;
+        let exe_sha = crate::registry::sha256_file(&exe).unwrap_or_default();
+        let process_start_head = git::head(&checkout.root).map_err(StartupError::Failed)?;
+        let _lock = lock::acquire(&checkout.common_dir, settings.lock_timeout, true)
+            .map_err(|e| StartupError::Failed(e.to_string()))?;
+        match git::dirty(&checkout.root) {
+            Ok(Some(path)) => {
+                tracing::error!(repo = %checkout.root.display(), path, "the checkout has local changes");
+                return Err(StartupError::Dirty);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(StartupError::Failed(format!("git status: {e}"))),
+        }
+        if let Err(e) = git::fetch(&checkout.root).and_then(|()| git::fast_forward(&checkout.root))
+        {
+            tracing::warn!(repo = %checkout.root.display(), "startup pull skipped, running the local code: {e}");
+        }
+        let outcome = build::run(
+            &settings.build_command,
+            &checkout.root,
+            settings.build_timeout,
+        );
+        if !outcome.ok {
+            let reason = outcome.error.unwrap_or_default();
+            return Err(StartupError::Failed(format!(
+                "startup build failed: {reason}\n{}",
+                outcome.stderr
+            )));
+        }
+        let head = git::head(&checkout.root).map_err(StartupError::Failed)?;
+        tracing::info!(repo = %checkout.root.display(), head, "checkout up to date and built");
+        Ok(Updater {
+            checkout,
+            settings,
+            process_start_head,
+            applied_head: Mutex::new(head),
+            last: Mutex::new(None),
+            running: Mutex::new(()),
+            exe,
+            exe_sha,
+        })
+    }
+
+    /// The commit whose build is loaded.
+    pub fn applied_head(&self) -> String {
+        lock(&self.applied_head).clone()
+    }
+
+    /// HEAD at process start.
+    pub fn process_start_head(&self) -> &str {
+        &self.process_start_head
+    }
+
+    /// HEAD now.
+    pub fn head(&self) -> Option<String> {
+        git::head(&self.checkout.root).ok()
+    }
+
+    /// The latest update result.
+    pub fn last(&self) -> Option<UpdateResult> {
+        lock(&self.last).clone()
+    }
+
+    /// Runs one update; `None` when another update is running on this host (409).
+    pub fn update(&self, runtime: &Runtime, target: Option<&str>) -> Option<UpdateResult> {
+        let _running = match self.running.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        runtime.pause_watch(true);
+        let result = self.update_locked(runtime, target);
+        runtime.pause_watch(false);
+        tracing::info!(status = ?result.status, error = ?result.error, "git update finished");
+        *lock(&self.last) = Some(result.clone());
+        Some(result)
+    }
+
+    fn update_locked(&self, runtime: &Runtime, target: Option<&str>) -> UpdateResult {
+        let root = &self.checkout.root;
+        let mut result = UpdateResult {
+            repo_root: Some(root.clone()),
+            process_start_head: Some(self.process_start_head.clone()),
+            target_hash: target.map(str::to_string),
+            ..UpdateResult::new(UpdateStatus::Current)
+        };
+        result.before_head = git::head(root).ok();
+        let _lock =
+            match lock::acquire(&self.checkout.common_dir, self.settings.lock_timeout, false) {
+                Ok(lock) => lock,
+                Err(e) => return result.fail(UpdateStatus::LockTimeout, e.to_string()),
+            };
+        match git::dirty(root) {
+            Ok(Some(path)) => {
+                return result.fail(UpdateStatus::DirtyWorktree, format!("uncommitted or untracked changes ({path}); nothing fetched, pulled, built or reloaded"));
+            }
+            Ok(None) => {}
+            Err(e) => return result.fail(UpdateStatus::StatusFailed, e),
+        }
+        if let Err(e) = git::fetch(root) {
+            return result.fail(UpdateStatus::FetchFailed, e);
+        }
+        let target = match target.map(|t| git::resolve(root, t)).transpose() {
+            Ok(target) => target,
+            Err(e) => return result.fail(UpdateStatus::TargetMissing, e),
+        };
+        result.target_hash = target.clone().or(result.target_hash);
+        if let Err(e) = git::fast_forward(root) {
+            return result.fail(UpdateStatus::PullFailed, e);
+        }
+        let head = match git::head(root) {
+            Ok(head) => head,
+            Err(e) => return result.fail(UpdateStatus::StatusFailed, e),
+        };
+        result.after_head = Some(head.clone());
+        result.changed = result.before_head.as_deref() != Some(head.as_str());
+        if let Some(target) = &target {
+            if *target != head {
+                let why = format!("{target} exists but HEAD is {head} after the pull");
+                return result.fail(UpdateStatus::TargetNotCurrent, why);
+            }
+        }
+        if head == self.applied_head() {
+            result.ok = true;
+            result.status = UpdateStatus::Current;
+            return result;
+        }
+        let before = loaded_shas(runtime);
+        let outcome = build::run(
+            &self.settings.build_command,
+            root,
+            self.settings.build_timeout,
+        );
+        result.build_run = true;
+        result.stdout = outcome.stdout;
+        result.stderr = outcome.stderr;
+        if !outcome.ok {
+            return result.fail(UpdateStatus::BuildFailed, outcome.error.unwrap_or_default());
+        }
+        let scan = runtime.rescan();
+        if !scan.migration_failed.is_empty() {
+            tracing::warn!(
+                "some instances stay on their old code: {:?}",
+                scan.migration_failed
+            );
+        }
+        let after = loaded_shas(runtime);
+        result.reloaded = after
+            .iter()
+            .filter(|(path, sha)| before.get(*path) != Some(sha))
+            .map(|(p, _)| p.clone())
+            .collect();
+        *lock(&self.applied_head) = head;
+        result.restart_required =
+            crate::registry::sha256_file(&self.exe).is_ok_and(|sha| sha != self.exe_sha);
+        result.ok = true;
+        result.status = UpdateStatus::Updated;
+        result
+    }
+
+    /// The executable recorded at start (cargo may replace the file; this path is re-run).
+    pub fn exe(&self) -> &std::path::Path {
+        &self.exe
+    }
+}
+
+fn loaded_shas(runtime: &Runtime) -> BTreeMap<PathBuf, String> {
+    runtime.registry().loaded_shas()
+}
