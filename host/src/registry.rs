@@ -85,6 +85,8 @@ pub struct Registry {
     files: BTreeMap<PathBuf, FileSlot>,
     classes: BTreeMap<String, PathBuf>,
     gone: BTreeMap<String, String>,
+    /// Scanned folders refused or unreadable at the last scan, and why.
+    folder_errors: BTreeMap<PathBuf, String>,
     by_sha: HashMap<String, Arc<LoadedLib>>,
 }
 
@@ -120,6 +122,7 @@ impl Registry {
             files: BTreeMap::new(),
             classes: BTreeMap::new(),
             gone: BTreeMap::new(),
+            folder_errors: BTreeMap::new(),
             by_sha: HashMap::new(),
         })
     }
@@ -129,28 +132,41 @@ impl Registry {
     pub fn scan(&mut self, dirs: &[PathBuf]) -> ScanReport {
         let mut report = ScanReport::default();
         let mut seen = Vec::new();
+        // Folders refused or unreadable this time: their known files are left as they are.
+        let mut held = Vec::new();
+        self.folder_errors.clear();
         for dir in dirs {
-            if !self.allow_insecure && dir.exists() {
-                if let Err(error) = crate::discovery::check_secure(dir) {
+            let listed = if !self.allow_insecure && dir.exists() {
+                crate::discovery::check_secure(dir)
+            } else {
+                Ok(())
+            }
+            .and_then(|()| {
+                crate::discovery::candidates(dir).map_err(|e| {
+                    format!(
+                        "{}: cannot list the folder: {e} (it is picked up when it appears)",
+                        dir.display()
+                    )
+                })
+            });
+            match listed {
+                Ok(files) => seen.extend(files),
+                Err(error) => {
                     report.errors.push(FileError {
                         path: dir.clone(),
-                        error,
+                        error: error.clone(),
                     });
-                    continue;
+                    self.folder_errors.insert(dir.clone(), error);
+                    held.push(dir.clone());
                 }
-            }
-            match crate::discovery::candidates(dir) {
-                Ok(files) => seen.extend(files),
-                Err(e) => report.errors.push(FileError {
-                    path: dir.clone(),
-                    error: format!("cannot list the folder: {e} (it is picked up when it appears)"),
-                }),
             }
         }
         let removed: Vec<PathBuf> = self
             .files
             .keys()
-            .filter(|p| !seen.contains(p))
+            .filter(|p| {
+                !seen.contains(p) && !held.iter().any(|dir| p.parent() == Some(dir.as_path()))
+            })
             .cloned()
             .collect();
         for path in removed {
@@ -357,8 +373,22 @@ impl Registry {
         hex(&hasher.finalize())[..16].to_string()
     }
 
-    /// Every file seen, for `GET /libraries`.
+    /// Every file seen, for `GET /libraries`, then every folder that could not be scanned.
     pub fn library_views(&self) -> Vec<LibraryView> {
+        let folders = self.folder_errors.iter().map(|(path, error)| LibraryView {
+            path: path.clone(),
+            loaded_from: None,
+            sha256: None,
+            name: None,
+            version: None,
+            classes: Vec::new(),
+            loaded_at: None,
+            generation: None,
+            loaded_copies: 0,
+            error: Some(error.clone()),
+            retrying: Some(false),
+            migration_errors: Vec::new(),
+        });
         self.files
             .iter()
             .map(|(path, slot)| {
@@ -387,6 +417,7 @@ impl Registry {
                     migration_errors: slot.migration_errors.clone(),
                 }
             })
+            .chain(folders)
             .collect()
     }
 

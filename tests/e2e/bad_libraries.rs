@@ -1,7 +1,9 @@
 //! Broken files in a scanned folder: each is reported with a reason, the host keeps serving
 //! the good libraries beside them.
 
-use paglets_e2e::{PluginDir, TestHost, example, fixture};
+use std::os::unix::fs::PermissionsExt;
+
+use paglets_e2e::{PluginDir, TestHost, example, fixture, wait_for};
 use serde_json::{Value, json};
 
 fn library_error(host: &TestHost, file: &str) -> Option<String> {
@@ -116,5 +118,88 @@ fn the_loser_of_a_collision_loads_when_the_winner_disappears() {
             .as_str()
             .is_some_and(|p| p.ends_with("libzz_dup_counter.so")),
         "{classes:?}"
+    );
+}
+
+#[test]
+fn a_world_writable_folder_is_refused_unless_insecure_paths_are_allowed() {
+    let plugins = PluginDir::new();
+    plugins.add(&example("counter"));
+    std::fs::set_permissions(plugins.path(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod 0777");
+    let host = TestHost::start(&[plugins.path()], &[]);
+    assert_eq!(host.get("/health").json["libraries"], 0);
+    assert_eq!(
+        host.post("/paglets", &json!({"class": "counter::Counter"}))
+            .status,
+        404
+    );
+    let folder = plugins.path().to_str().expect("utf-8");
+    wait_for("the refusal in the log", || {
+        let log = host.log();
+        (log.contains(folder) && log.contains("writable by every user")).then_some(())
+    });
+    let libraries = host.get("/libraries").json;
+    assert_eq!(libraries[0]["path"], json!(folder), "{libraries:?}");
+    assert!(
+        libraries[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("writable by every user"))
+    );
+    let rescan = host.post("/admin/rescan", &json!({}));
+    assert_eq!(
+        rescan.json["errors"][0]["path"],
+        json!(folder),
+        "{:?}",
+        rescan.json
+    );
+    assert!(
+        rescan.json["errors"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("writable by every user")),
+        "{:?}",
+        rescan.json
+    );
+    assert_eq!(host.stop().code(), Some(0));
+
+    let host = TestHost::start(&[plugins.path()], &["--allow-insecure-paths"]);
+    assert_eq!(host.get("/health").json["libraries"], 1);
+    assert!(
+        !host.log().contains("writable by every user"),
+        "{}",
+        host.log()
+    );
+    let id = host.create("counter::Counter", json!({}));
+    assert_eq!(
+        host.send(&id, "increment", Value::Null).json["reply"]["count"],
+        1
+    );
+}
+
+#[test]
+fn a_folder_that_turns_world_writable_keeps_what_it_had_loaded() {
+    let plugins = PluginDir::new();
+    plugins.add(&example("counter"));
+    let host = TestHost::start(&[plugins.path()], &[]);
+    let id = host.create("counter::Counter", json!({}));
+    std::fs::set_permissions(plugins.path(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod 0777");
+    let rescan = host.post("/admin/rescan", &json!({}));
+    assert_eq!(rescan.json["removed"], json!([]), "{:?}", rescan.json);
+    assert!(
+        rescan.json["errors"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("writable by every user")),
+        "{:?}",
+        rescan.json
+    );
+    assert_eq!(
+        host.send(&id, "increment", Value::Null).json["reply"]["count"],
+        1
+    );
+    assert_eq!(
+        host.post("/paglets", &json!({"class": "counter::Counter"}))
+            .status,
+        201
     );
 }

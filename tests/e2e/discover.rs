@@ -1,6 +1,6 @@
 //! `paglets discover`: exit codes and the JSON shape, on the built examples.
 
-use paglets_e2e::{EXAMPLES, PluginDir, example, paglets};
+use paglets_e2e::{EXAMPLES, PluginDir, example, fixture, paglets};
 use serde_json::Value;
 
 #[test]
@@ -98,4 +98,40 @@ fn a_missing_folder_is_a_usage_error() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/paglets"));
     assert_eq!(paglets(&["discover"]).status.code(), Some(2));
+}
+
+#[test]
+fn a_library_that_prints_while_loading_leaves_the_json_clean() {
+    let plugins = PluginDir::new();
+    plugins.add(&example("counter"));
+    plugins.add(&fixture("noisy"));
+    let output = paglets(&[
+        "discover",
+        "--paths",
+        plugins.path().to_str().expect("utf-8"),
+        "--json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not only JSON ({e}):\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    let mut names: Vec<&str> = report["libraries"]
+        .as_array()
+        .expect("libraries")
+        .iter()
+        .filter_map(|l| l["name"].as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["counter", "noisy"], "{report}");
+    assert!(
+        report["classes"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["class"] == "noisy::Noisy")),
+        "{report}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("noisy default"), "stderr: {stderr}");
 }

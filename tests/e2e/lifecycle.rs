@@ -172,3 +172,45 @@ fn new_requests_during_shutdown_get_503() {
     assert_eq!(answer.json["error"]["code"], "shutting-down");
     assert_eq!(running.join().expect("sender").status, 200);
 }
+
+#[test]
+fn a_saved_paglet_whose_class_is_missing_stays_on_disk() {
+    let plugins = PluginDir::with_examples();
+    let persistence = tempfile::tempdir().expect("temp dir");
+    let saved = json!([
+        {"id": "lost.one", "class": "gone::Gone", "state": {"kept": [1, 2, 3]}},
+        {"id": "kept.counter", "class": "counter::Counter", "state": {"count": 9}},
+    ]);
+    std::fs::write(persistence.path().join("paglets.json"), saved.to_string())
+        .expect("write paglets.json");
+    let host = TestHost::start_in(&[plugins.path()], &[], persistence.path(), &[]);
+    assert_eq!(
+        host.send("kept.counter", "get", Value::Null).json["reply"]["count"],
+        9
+    );
+    assert_eq!(host.get("/paglets/lost.one").status, 404);
+    wait_for("the lost paglet in the log", || {
+        let log = host.log();
+        (log.contains("lost.one") && log.contains("gone::Gone") && log.contains("not restored"))
+            .then_some(())
+    });
+    assert_eq!(host.stop().code(), Some(0));
+    let saved: Value = serde_json::from_slice(
+        &std::fs::read(persistence.path().join("paglets.json")).expect("saved"),
+    )
+    .expect("json");
+    let entries = saved.as_array().expect("an array");
+    assert!(
+        entries.iter().any(|p| p["id"] == "lost.one"
+            && p["class"] == "gone::Gone"
+            && p["state"] == json!({"kept": [1, 2, 3]})),
+        "{saved}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|p| p["id"] == "kept.counter" && p["state"]["count"] == 9),
+        "{saved}"
+    );
+    assert_eq!(entries.len(), 2, "{saved}");
+}

@@ -1,5 +1,6 @@
 //! The end-to-end tests: one binary, one module per area. The harness is in `tests/src/lib.rs`.
 
+mod author_crate;
 mod bad_libraries;
 mod cli;
 mod discover;
