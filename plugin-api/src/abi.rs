@@ -257,9 +257,11 @@ pub fn root_module<L: ClassSet>() -> PagletModRef {
 }
 
 extern "C" fn describe_shim<L: ClassSet>() -> RResult<RString, AbiError> {
-    to_abi(crate::export::guard("describing the library", None, || {
-        crate::export::describe::<L>().map(RString::from)
-    }))
+    to_abi(crate::export::guard(
+        || "describing the library".into(),
+        None,
+        || crate::export::describe::<L>().map(RString::from),
+    ))
 }
 
 extern "C" fn create_shim<L: ClassSet>(
@@ -268,9 +270,11 @@ extern "C" fn create_shim<L: ClassSet>(
     ctx: ContextBox,
 ) -> RResult<InstanceBox, AbiError> {
     let class = class.as_str();
-    to_abi(crate::export::guard(class, None, || {
-        crate::export::create::<L>(class, state.as_str(), ctx)
-    }))
+    to_abi(crate::export::guard(
+        || class.to_string(),
+        None,
+        || crate::export::create::<L>(class, state.as_str(), ctx),
+    ))
 }
 
 /// Boxes a plugin-side instance into the boundary object.

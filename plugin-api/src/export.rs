@@ -107,9 +107,10 @@ fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Runs `f`, turning an unwinding panic into [`PagletError::Panicked`] naming `what`.
+/// Runs `f`, turning an unwinding panic into [`PagletError::Panicked`] naming `what` (built
+/// only when needed: this is on every message's path).
 pub(crate) fn guard<T>(
-    what: &str,
+    what: impl FnOnce() -> String,
     ctx: Option<&Context>,
     f: impl FnOnce() -> Result<T, PagletError>,
 ) -> Result<T, PagletError> {
@@ -121,7 +122,7 @@ pub(crate) fn guard<T>(
         let detail = LAST_PANIC.take().unwrap_or_else(|| payload_text(&*payload));
         // A payload whose own `Drop` panics would unwind from here; leaking it is safer.
         std::mem::forget(payload);
-        let message = format!("{what} panicked: {detail}");
+        let message = format!("{} panicked: {detail}", what());
         if let Some(ctx) = ctx {
             let _ = catch_unwind(AssertUnwindSafe(|| {
                 ctx.log(tracing::Level::ERROR, &message)
@@ -225,8 +226,8 @@ impl<P: Paglet> Shim<P> {
             ctx,
             dispatch,
         } = self;
-        let what = format!("{} ({}) in {what}", ctx.class(), ctx.id());
-        guard(&what, Some(ctx), || {
+        let what = || format!("{} ({}) in {what}", ctx.class(), ctx.id());
+        guard(what, Some(ctx), || {
             let paglet = paglet
                 .as_mut()
                 .ok_or_else(|| PagletError::Failed("disposed".into()))?;
@@ -270,12 +271,14 @@ impl<P: Paglet> InstanceOps for Shim<P> {
     }
 
     fn state(&self) -> Result<String, PagletError> {
-        let what = format!(
-            "{} ({}) serialising its state",
-            self.ctx.class(),
-            self.ctx.id()
-        );
-        guard(&what, Some(&self.ctx), || {
+        let what = || {
+            format!(
+                "{} ({}) serialising its state",
+                self.ctx.class(),
+                self.ctx.id()
+            )
+        };
+        guard(what, Some(&self.ctx), || {
             let paglet = self
                 .paglet
                 .as_ref()
@@ -289,8 +292,8 @@ impl<P: Paglet> InstanceOps for Shim<P> {
 impl<P: Paglet> Drop for Shim<P> {
     fn drop(&mut self) {
         if let Some(paglet) = self.paglet.take() {
-            let what = format!("{} ({}) while dropping", self.ctx.class(), self.ctx.id());
-            let _ = guard(&what, Some(&self.ctx), || {
+            let what = || format!("{} ({}) while dropping", self.ctx.class(), self.ctx.id());
+            let _ = guard(what, Some(&self.ctx), || {
                 drop(paglet);
                 Ok(())
             });
