@@ -302,7 +302,7 @@ fn a_panicking_handler_is_a_500_and_the_instance_keeps_working() {
     let message = answer.json["error"]["message"].as_str().expect("message");
     assert!(message.contains("panicky::Panicky"), "{message}");
     let again = host.send(&id, "hello", Value::Null);
-    assert_eq!(again.status, 200, "{:?}", again.json);
+    assert_eq!(again.status, 200, "{:?}\n{}", again.json, host.log());
     assert_eq!(host.get("/health").status, 200);
     // A panic in the creation hook refuses the creation and nothing else.
     let refused = host.post(

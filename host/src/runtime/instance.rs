@@ -2,9 +2,9 @@
 //! pool, and the code (library generation) it runs on.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use plugin_api::loader::{HostContext, Instance};
 use plugin_api::{Hook, PagletError};
@@ -12,6 +12,11 @@ use serde_json::Value;
 
 use super::pool::Pool;
 use crate::registry::LoadedLib;
+
+/// A handler faster than this, every time so far, may run on the HTTP worker directly.
+const INLINE_BELOW: Duration = Duration::from_micros(50);
+/// How many fast messages, run on the pool, make an instance eligible.
+const INLINE_AFTER: u32 = 8;
 
 /// Where a job's result goes.
 pub type Replier<T> = Box<dyn FnOnce(Result<T, PagletError>) + Send>;
@@ -57,6 +62,8 @@ pub struct Slot {
     pub handled: AtomicU64,
     busy: AtomicBool,
     disposed: AtomicBool,
+    /// Fast messages seen in a row; `u32::MAX` once one was slow (never inline again).
+    fast_streak: AtomicU32,
     code: Mutex<Arc<LoadedLib>>,
     paglet: Mutex<Instance>,
     mailbox: Mutex<Mailbox>,
@@ -80,10 +87,31 @@ impl Slot {
             handled: AtomicU64::new(0),
             busy: AtomicBool::new(false),
             disposed: AtomicBool::new(false),
+            fast_streak: AtomicU32::new(0),
             code: Mutex::new(lib),
             paglet: Mutex::new(paglet),
             mailbox: Mutex::default(),
             chain: Mutex::default(),
+        }
+    }
+
+    /// True when every message so far was fast: the caller may run the next one on its own
+    /// (HTTP) thread instead of handing it to the pool. One slow message ends this for good,
+    /// so a long handler holds an HTTP worker at most once per instance.
+    pub fn runs_inline(&self) -> bool {
+        let streak = self.fast_streak.load(Ordering::Relaxed);
+        (INLINE_AFTER..u32::MAX).contains(&streak)
+    }
+
+    fn note_duration(&self, took: Duration) {
+        if took >= INLINE_BELOW {
+            self.fast_streak.store(u32::MAX, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .fast_streak
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < INLINE_AFTER).then(|| n + 1)
+                });
         }
     }
 
@@ -184,7 +212,9 @@ impl Slot {
                 reply,
             } => {
                 *lock(&self.chain) = chain;
+                let started = Instant::now();
                 let result = paglet.handle(&kind, &args);
+                self.note_duration(started.elapsed());
                 lock(&self.chain).clear();
                 self.handled.fetch_add(1, Ordering::Relaxed);
                 reply(result);

@@ -238,7 +238,14 @@ impl Runtime {
             chain: Vec::new(),
             reply,
         };
-        slot.push(job, false, &self.pool);
+        if slot.runs_inline() && slot.try_claim() {
+            // A proven-fast handler on an idle instance: two thread hand-offs would cost
+            // more than the handler itself.
+            slot.run(job);
+            slot.release(&self.pool);
+        } else {
+            slot.push(job, false, &self.pool);
+        }
         Ok(())
     }
 
