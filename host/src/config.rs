@@ -61,8 +61,8 @@ pub struct HostConfig {
 pub struct StartupEntry {
     /// The class.
     pub class: String,
-    /// The id (the host picks one when absent).
-    pub id: Option<String>,
+    /// The id (required: an entry creates its paglet only when no paglet has this id).
+    pub id: String,
     /// Initial state, merged over the class's default.
     pub state: Option<Value>,
 }

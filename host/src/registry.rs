@@ -58,6 +58,17 @@ pub struct FileError {
     pub error: String,
 }
 
+/// How long after its last change a truncated file is still expected to grow.
+const RETRY_WINDOW: Duration = Duration::from_secs(10);
+
+fn modified_within(path: &Path, window: Duration) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < window)
+}
+
 /// Identity of a file's contents as `stat` sees them: size, mtime and inode.
 type StatKey = (u64, i64, i64, u64);
 
@@ -85,6 +96,8 @@ pub struct Registry {
     files: BTreeMap<PathBuf, FileSlot>,
     classes: BTreeMap<String, PathBuf>,
     gone: BTreeMap<String, String>,
+    /// Files that disappeared with a library loaded, in case they come back.
+    retired: BTreeMap<PathBuf, FileSlot>,
     /// Scanned folders refused or unreadable at the last scan, and why.
     folder_errors: BTreeMap<PathBuf, String>,
     by_sha: HashMap<String, Arc<LoadedLib>>,
@@ -122,6 +135,7 @@ impl Registry {
             files: BTreeMap::new(),
             classes: BTreeMap::new(),
             gone: BTreeMap::new(),
+            retired: BTreeMap::new(),
             folder_errors: BTreeMap::new(),
             by_sha: HashMap::new(),
         })
@@ -184,7 +198,7 @@ impl Registry {
         let Some(slot) = self.files.remove(path) else {
             return;
         };
-        if let Some(lib) = slot.current {
+        if let Some(lib) = &slot.current {
             for class in &lib.library.info().classes {
                 if self.classes.get(&class.class).map(PathBuf::as_path) == Some(path) {
                     self.classes.remove(&class.class);
@@ -192,6 +206,9 @@ impl Registry {
                     self.gone.insert(class.class.clone(), why);
                 }
             }
+            // Kept so that a file coming back continues the generations (and its live
+            // instances move to it) instead of starting over.
+            self.retired.insert(path.to_path_buf(), slot);
         }
     }
 
@@ -200,6 +217,11 @@ impl Registry {
             Ok(m) => (m.len(), m.mtime(), m.mtime_nsec(), m.ino()),
             Err(_) => return, // vanished since the listing; the next scan forgets it
         };
+        if !self.files.contains_key(path) {
+            let mut slot = self.retired.remove(path).unwrap_or_default();
+            slot.key = None;
+            self.files.insert(path.to_path_buf(), slot);
+        }
         let slot = self.files.entry(path.to_path_buf()).or_default();
         if slot.key == Some(key) && !(slot.taken && retry_taken) {
             return;
@@ -243,7 +265,7 @@ impl Registry {
             Some(earlier) => Library::open(earlier.library.path()),
             None => Library::open(&from),
         }
-        .map_err(|e| rename_path(e, &from, path))?;
+        .map_err(|e| e.with_path(path))?;
         Ok(Arc::new(LoadedLib {
             library,
             source: path.into(),
@@ -254,8 +276,14 @@ impl Registry {
     }
 
     fn install(&mut self, path: &Path, lib: Arc<LoadedLib>, report: &mut ScanReport) {
+        let registered = lib
+            .library
+            .info()
+            .classes
+            .iter()
+            .all(|c| self.classes.get(&c.class).map(PathBuf::as_path) == Some(path));
         let slot = self.files.entry(path.to_path_buf()).or_default();
-        if slot.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &lib)) {
+        if registered && slot.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &lib)) {
             slot.error = None;
             slot.retrying = false;
             return;
@@ -303,14 +331,16 @@ impl Registry {
             .entry(lib.sha256.clone())
             .or_insert_with(|| lib.clone());
         match previous {
-            Some(_) => report.reloaded.push(lib),
-            None => report.loaded.push(path.into()),
+            Some(previous) if !Arc::ptr_eq(&previous, &lib) => report.reloaded.push(lib),
+            _ => report.loaded.push(path.into()),
         }
     }
 
     fn refuse(&mut self, path: &Path, err: LoadError, report: &mut ScanReport) {
         let slot = self.files.entry(path.to_path_buf()).or_default();
-        slot.retrying = err.is_retryable();
+        // A cut-short file is retried while it is still being written; one left alone for a
+        // while is final until it changes.
+        slot.retrying = err.is_retryable() && modified_within(path, RETRY_WINDOW);
         if slot.retrying {
             // Looked at again on the next scan even if `stat` does not change.
             slot.key = None;
@@ -439,33 +469,6 @@ impl Registry {
             })
             .collect()
     }
-}
-
-/// The `LoadError` for a copy names the file the user dropped in, not the private copy.
-fn rename_path(err: LoadError, from: &Path, to: &Path) -> LoadError {
-    let text = err
-        .to_string()
-        .replace(&from.display().to_string(), &to.display().to_string());
-    match err {
-        LoadError::Truncated { .. } => LoadError::Truncated {
-            path: to.into(),
-            reason: strip(&text, to),
-        },
-        _ => LoadError::NotLoadable {
-            path: to.into(),
-            reason: strip(&text, to),
-        },
-    }
-}
-
-fn strip(text: &str, path: &Path) -> String {
-    let prefix = format!("{}: ", path.display());
-    let rest = text.strip_prefix(&prefix).unwrap_or(text);
-    // "not a loadable library: <reason>" would read twice once re-wrapped.
-    rest.strip_prefix("not a loadable library: ")
-        .or_else(|| rest.strip_prefix("truncated library: "))
-        .unwrap_or(rest)
-        .to_string()
 }
 
 /// A file as `GET /libraries` shows it.

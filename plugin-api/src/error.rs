@@ -108,6 +108,62 @@ pub enum LoadError {
 }
 
 impl LoadError {
+    /// The same refusal, naming `path` instead (e.g. the file a user dropped in rather than
+    /// the private copy that was opened).
+    pub fn with_path(self, path: &std::path::Path) -> LoadError {
+        // dlopen's own messages name the file too.
+        let (old, new) = (
+            self.path().display().to_string(),
+            path.display().to_string(),
+        );
+        let fix = |reason: String| reason.replace(&old, &new);
+        let path = path.to_path_buf();
+        match self {
+            LoadError::NotLoadable { reason, .. } => LoadError::NotLoadable {
+                path,
+                reason: fix(reason),
+            },
+            LoadError::Truncated { reason, .. } => LoadError::Truncated {
+                path,
+                reason: fix(reason),
+            },
+            LoadError::NoRootModule { .. } => LoadError::NoRootModule { path },
+            LoadError::IncompatibleAbi {
+                found, expected, ..
+            } => LoadError::IncompatibleAbi {
+                path,
+                found,
+                expected,
+            },
+            LoadError::Incompatible { reason, .. } => LoadError::Incompatible {
+                path,
+                reason: fix(reason),
+            },
+            LoadError::PanicAbort { .. } => LoadError::PanicAbort { path },
+            LoadError::DescribeFailed { reason, .. } => LoadError::DescribeFailed {
+                path,
+                reason: fix(reason),
+            },
+            LoadError::ClassTaken { class, owner, .. } => {
+                LoadError::ClassTaken { path, class, owner }
+            }
+        }
+    }
+
+    /// The file the refusal is about.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            LoadError::NotLoadable { path, .. }
+            | LoadError::Truncated { path, .. }
+            | LoadError::NoRootModule { path }
+            | LoadError::IncompatibleAbi { path, .. }
+            | LoadError::Incompatible { path, .. }
+            | LoadError::PanicAbort { path }
+            | LoadError::DescribeFailed { path, .. }
+            | LoadError::ClassTaken { path, .. } => path,
+        }
+    }
+
     /// True when the file may still be being written and is worth retrying.
     pub fn is_retryable(&self) -> bool {
         matches!(self, LoadError::Truncated { .. })

@@ -146,7 +146,7 @@ fn an_instance_whose_class_vanishes_from_the_new_code_stays_on_the_old() {
     );
     let rescan = host.post("/admin/rescan", &json!({}));
     assert_eq!(
-        rescan.json["migration_failed"][0]["path"],
+        rescan.json["migration_failed"][0]["id"],
         json!(id),
         "{:?}",
         rescan.json
@@ -199,4 +199,49 @@ fn a_busy_instance_answers_at_once_and_migrates_when_idle() {
     wait_for("the busy one to migrate", || {
         (host.get(&format!("/paglets/{id}")).json["generation"] == 1).then_some(())
     });
+}
+
+#[test]
+fn two_reloads_while_busy_leave_the_instance_on_the_newest_code() {
+    let plugins = PluginDir::new();
+    let file = plugins.add(&example("pi"));
+    let host = Arc::new(TestHost::start(&[plugins.path()], &[]));
+    let id = host.create("pi::Pi", json!({}));
+    let busy = {
+        let (host, id) = (host.clone(), id.clone());
+        std::thread::spawn(move || host.send(&id, "digits", json!({"n": 15000})))
+    };
+    wait_for("the instance to be busy", || {
+        (host.get(&format!("/paglets/{id}")).json["busy"] == true).then_some(())
+    });
+    let original = std::fs::read(example("pi")).expect("read");
+    for n in 1..=2 {
+        let mut bytes = original.clone();
+        bytes.extend_from_slice(format!("\0reload-{n}").as_bytes());
+        std::fs::write(&file, &bytes).expect("write");
+        host.post("/admin/rescan", &json!({}));
+    }
+    assert_eq!(busy.join().expect("busy sender").status, 200);
+    let newest = host.get("/libraries").json[0]["sha256"].clone();
+    wait_for("the instance to reach the newest code", || {
+        let detail = host.get(&format!("/paglets/{id}")).json;
+        (detail["generation"] == 2 && detail["sha256"] == newest).then_some(())
+    });
+}
+
+#[test]
+fn a_library_file_that_comes_back_continues_its_generations() {
+    let plugins = PluginDir::new();
+    let file = plugins.add(&example("counter"));
+    let host = TestHost::start(&[plugins.path()], &[]);
+    let id = host.create("counter::Counter", json!({"count": 3}));
+    std::fs::remove_file(&file).expect("remove");
+    host.post("/admin/rescan", &json!({}));
+    plugins.add_as(&fixture("dup-counter"), "libcounter.so");
+    let rescan = host.post("/admin/rescan", &json!({}));
+    assert_eq!(rescan.json["reloaded"], json!([file]), "{:?}", rescan.json);
+    let detail = host.get(&format!("/paglets/{id}")).json;
+    assert_eq!((detail["generation"].clone(), detail["state"].clone()), (json!(1), json!({"count": 3})));
+    assert_eq!(host.send(&id, "get", Value::Null).status, 422, "runs the new code");
+    assert_eq!(host.get("/libraries").json[0]["loaded_copies"], 2);
 }

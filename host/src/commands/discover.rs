@@ -19,8 +19,9 @@ pub fn run(args: DiscoverArgs) -> CommandResult {
     }
     // A library may print while it loads; keep stdout for our own output.
     let out = StdoutAside::new().context("redirect stdout while loading")?;
-    // Discover loads files in place: it runs no host and writes no private copies.
-    let mut registry = Registry::new(None, true).context("set up the registry")?;
+    // Discover loads files in place: it runs no host and writes no private copies. It
+    // refuses what a host would refuse, insecure folders included.
+    let mut registry = Registry::new(None, false).context("set up the registry")?;
     let scan = registry.scan(&args.paths);
     let report = DiscoverReport {
         libraries: registry

@@ -53,15 +53,10 @@ pub fn run(args: Box<HostArgs>) -> CommandResult {
     }
     runtime.restore(persist::load(&config.persistence_dir)?);
     for entry in &config.startup {
-        if entry.id.as_deref().is_some_and(|id| runtime.exists(id)) {
+        if runtime.exists(&entry.id) {
             continue;
         }
-        match runtime.create(
-            &entry.class,
-            entry.state.as_ref(),
-            entry.id.as_deref(),
-            false,
-        ) {
+        match runtime.create(&entry.class, entry.state.as_ref(), Some(&entry.id), false) {
             Ok(id) => tracing::info!(paglet = %id, class = %entry.class, "created at startup"),
             Err(e) => tracing::error!(class = %entry.class, "startup paglet not created: {e}"),
         }
@@ -82,6 +77,8 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
     let url = format!("http://{}", listener.local_addr().context("local address")?);
+    // Installed before the URL is printed: whoever starts us may signal right after.
+    let mut signals = Signals::install().context("install the SIGINT and SIGTERM handlers")?;
     let mut stdout = std::io::stdout();
     writeln!(stdout, "paglets host '{}' listening at {url}", config.name).context("stdout")?;
     stdout.flush().context("stdout")?;
@@ -108,7 +105,7 @@ async fn serve(
             .into_future(),
     );
     let restarting = tokio::select! {
-        () = signal() => false,
+        () = signals.recv() => false,
         () = restart.notified() => true,
     };
     tracing::info!(
@@ -176,21 +173,25 @@ fn announce(config: &HostConfig, url: &str, head: &str) {
     }
 }
 
-async fn signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {},
-                _ = term.recv() => {},
-            }
-        }
-        _ => {
-            tracing::error!("cannot install signal handlers; stop with SIGKILL");
-            std::future::pending::<()>().await
+/// SIGINT and SIGTERM, both meaning "shut down gracefully".
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {},
+            _ = self.terminate.recv() => {},
         }
     }
 }

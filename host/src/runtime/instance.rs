@@ -125,6 +125,11 @@ impl Slot {
         self.busy.load(Ordering::Acquire)
     }
 
+    /// True when no job runs and none is queued.
+    pub fn is_idle(&self) -> bool {
+        !self.is_busy() && lock(&self.mailbox).queue.is_empty()
+    }
+
     /// The call chain of the message being handled.
     pub fn chain(&self) -> Vec<String> {
         lock(&self.chain).clone()
@@ -141,11 +146,18 @@ impl Slot {
         }))
     }
 
-    /// Queues a job (`front` for migrations) and makes sure a worker drains the mailbox.
+    /// Queues a job (`front` for migrations, which go before queued messages) and makes sure a worker drains the mailbox.
     pub fn push(self: &Arc<Self>, job: Job, front: bool, pool: &Pool) {
         let mut mailbox = lock(&self.mailbox);
         if front {
-            mailbox.queue.push_front(job);
+            // Ahead of messages, behind earlier migrations: two reloads in a row while the
+            // instance is busy must leave it on the newer code.
+            let at = mailbox
+                .queue
+                .iter()
+                .take_while(|j| matches!(j, Job::Migrate { .. }))
+                .count();
+            mailbox.queue.insert(at, job);
         } else {
             mailbox.queue.push_back(job);
         }

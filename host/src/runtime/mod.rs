@@ -99,6 +99,15 @@ pub struct PagletDetail {
     sha256: String,
 }
 
+/// An instance that could not move to new code.
+#[derive(Debug, Serialize)]
+pub struct MigrationFailure {
+    /// The instance.
+    pub id: String,
+    /// Why it stays on its old code.
+    pub error: String,
+}
+
 /// What `POST /admin/rescan` returns.
 #[derive(Debug, Serialize)]
 pub struct RescanReply {
@@ -109,7 +118,7 @@ pub struct RescanReply {
     pub errors: Vec<FileError>,
     migrated: Vec<String>,
     /// Instances that stay on their old code, and why.
-    pub migration_failed: Vec<FileError>,
+    pub migration_failed: Vec<MigrationFailure>,
     /// Instances still busy; each migrates when it becomes idle.
     pending: Vec<String>,
 }
@@ -394,8 +403,8 @@ impl Runtime {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok((id, Ok(()))) => migrated.push(id),
-                Ok((id, Err(e))) => failed.push(FileError {
-                    path: id.into(),
+                Ok((id, Err(e))) => failed.push(MigrationFailure {
+                    id,
                     error: e.to_string(),
                 }),
                 Err(_) => break,
@@ -403,9 +412,7 @@ impl Runtime {
         }
         let pending = waiting
             .into_iter()
-            .filter(|id| {
-                !migrated.contains(id) && !failed.iter().any(|f| f.path.as_os_str() == id.as_str())
-            })
+            .filter(|id| !migrated.contains(id) && !failed.iter().any(|f| f.id == *id))
             .collect();
         RescanReply {
             loaded: report.loaded,
@@ -464,7 +471,7 @@ impl Runtime {
                 .unwrap_or_else(PoisonError::into_inner);
             instances.values().cloned().collect()
         };
-        while slots.iter().any(|s| s.is_busy()) && Instant::now() < deadline {
+        while slots.iter().any(|s| !s.is_idle()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         let mut saved = lock(&self.unrestored).clone();

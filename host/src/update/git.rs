@@ -32,7 +32,9 @@ pub fn discover(dir: &Path) -> Result<Checkout, String> {
                 repo.path().display()
             )
         })?
-        .to_path_buf();
+        // libgit2 ends the work dir with a '/'; the reports name the folder without it.
+        .components()
+        .collect::<PathBuf>();
     Ok(Checkout {
         root,
         common_dir: repo.commondir().to_path_buf(),
@@ -108,6 +110,9 @@ pub fn fetch(root: &Path) -> Result<(), String> {
         .arg("-C")
         .arg(root)
         .args(["fetch", "--quiet", &remote_name])
+        // A host cannot answer git's username/password prompt: fail instead of waiting on
+        // the terminal the host was started from.
+        .env("GIT_TERMINAL_PROMPT", "0")
         .output()
         .map_err(|e| format!("cannot run git fetch: {e}"))?;
     if output.status.success() {

@@ -244,6 +244,8 @@ impl Updater {
                 Ok(lock) => lock,
                 Err(e) => return result.fail(UpdateStatus::LockTimeout, e.to_string()),
             };
+        // Read again under the lock: another host or worktree may have pulled while we waited.
+        result.before_head = git::head(root).ok();
         match git::dirty(root) {
             Ok(Some(path)) => {
                 return result.fail(UpdateStatus::DirtyWorktree, format!("uncommitted or untracked changes ({path}); nothing fetched, pulled, built or reloaded"));
