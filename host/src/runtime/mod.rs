@@ -293,7 +293,17 @@ impl Runtime {
         } else {
             target.push(job, false, &self.pool);
         }
-        rx.recv_timeout(SEND_TIMEOUT).unwrap_or_else(|_| {
+        let wait = || rx.recv_timeout(SEND_TIMEOUT);
+        // The sender may be a fast handler running on an HTTP worker (see `send`): tell
+        // tokio before blocking it, so the worker's other tasks move to another thread.
+        let on_tokio_worker = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let answer = if on_tokio_worker {
+            tokio::task::block_in_place(wait)
+        } else {
+            wait()
+        };
+        answer.unwrap_or_else(|_| {
             Err(PagletError::Failed(format!(
                 "no reply from {to} within {}s",
                 SEND_TIMEOUT.as_secs()
