@@ -371,3 +371,44 @@ fn with_an_api_key_every_route_needs_the_bearer() {
     // Nothing was created by the refused requests.
     assert_eq!(host.get("/paglets").json, json!([]));
 }
+
+#[test]
+fn a_fast_paglet_waiting_for_a_busy_one_does_not_stall_the_api() {
+    let plugins = PluginDir::with_examples();
+    let host = std::sync::Arc::new(TestHost::start(&[plugins.path()], &[]));
+    let hello = host.create("hello::Hello", json!({}));
+    // Enough quick messages for the host to run hello's handlers on its HTTP workers.
+    for _ in 0..20 {
+        assert_eq!(host.send(&hello, "echo", json!({})).status, 200);
+    }
+    let pi = host.create("pi::Pi", json!({}));
+    let busy = {
+        let (host, pi) = (host.clone(), pi.clone());
+        std::thread::spawn(move || host.send(&pi, "digits", json!({"n": 15000})))
+    };
+    paglets_e2e::wait_for("pi to be busy", || {
+        (host.get(&format!("/paglets/{pi}")).json["busy"] == true).then_some(())
+    });
+    let forward = {
+        let (host, hello, pi) = (host.clone(), hello.clone(), pi.clone());
+        std::thread::spawn(move || {
+            host.send(
+                &hello,
+                "forward",
+                json!({"to": pi, "kind": "digits", "args": {"n": 3}}),
+            )
+        })
+    };
+    // While hello waits for pi, the API keeps answering.
+    for _ in 0..20 {
+        assert_eq!(host.get("/health").status, 200);
+        assert_eq!(host.get(&format!("/paglets/{pi}")).status, 200);
+    }
+    assert_eq!(busy.join().expect("pi sender").status, 200);
+    let forwarded = forward.join().expect("forward sender");
+    assert_eq!(
+        forwarded.json["reply"]["reply"]["digits"], "3.141",
+        "{:?}",
+        forwarded.json
+    );
+}
