@@ -4,6 +4,7 @@ mod author_crate;
 mod bad_libraries;
 mod cli;
 mod discover;
+mod git_update;
 mod http_api;
 mod lifecycle;
 mod reload;

@@ -241,7 +241,14 @@ fn a_library_file_that_comes_back_continues_its_generations() {
     let rescan = host.post("/admin/rescan", &json!({}));
     assert_eq!(rescan.json["reloaded"], json!([file]), "{:?}", rescan.json);
     let detail = host.get(&format!("/paglets/{id}")).json;
-    assert_eq!((detail["generation"].clone(), detail["state"].clone()), (json!(1), json!({"count": 3})));
-    assert_eq!(host.send(&id, "get", Value::Null).status, 422, "runs the new code");
+    assert_eq!(
+        (detail["generation"].clone(), detail["state"].clone()),
+        (json!(1), json!({"count": 3}))
+    );
+    assert_eq!(
+        host.send(&id, "get", Value::Null).status,
+        422,
+        "runs the new code"
+    );
     assert_eq!(host.get("/libraries").json[0]["loaded_copies"], 2);
 }

@@ -197,7 +197,7 @@ impl TestHost {
     /// Starts a host named `name` over `paths` with extra `args`, in a fresh persistence dir.
     pub fn start(paths: &[&Path], args: &[&str]) -> TestHost {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut host = TestHost::spawn(paths, args, dir.path(), &[]);
+        let mut host = TestHost::spawn(None, paths, args, dir.path(), &[]);
         host._persistence = Some(dir);
         host
     }
@@ -209,11 +209,20 @@ impl TestHost {
         persistence: &Path,
         env: &[(&str, &str)],
     ) -> TestHost {
-        TestHost::spawn(paths, args, persistence, env)
+        TestHost::spawn(None, paths, args, persistence, env)
     }
 
-    fn spawn(paths: &[&Path], args: &[&str], persistence: &Path, env: &[(&str, &str)]) -> TestHost {
+    fn spawn(
+        cwd: Option<&Path>,
+        paths: &[&Path],
+        args: &[&str],
+        persistence: &Path,
+        env: &[(&str, &str)],
+    ) -> TestHost {
         let mut command = host_command(paths, args, persistence);
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
         command.env_remove("PAGLETS_API_KEY");
         let mut key = None;
         for (name, value) in env {
@@ -397,4 +406,19 @@ pub fn paglets(args: &[&str]) -> std::process::Output {
         .env_remove("PAGLETS_API_KEY")
         .output()
         .expect("run paglets")
+}
+
+impl TestHost {
+    /// Starts a host whose working directory is `cwd` (for `--auto-update-from-git`, a git
+    /// checkout), with `persistence` as its persistence dir and `env` set. Relative `paths`
+    /// are relative to `cwd`.
+    pub fn start_in_dir(
+        cwd: &Path,
+        paths: &[&Path],
+        args: &[&str],
+        persistence: &Path,
+        env: &[(&str, &str)],
+    ) -> TestHost {
+        TestHost::spawn(Some(cwd), paths, args, persistence, env)
+    }
 }

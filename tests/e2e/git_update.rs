@@ -1,0 +1,919 @@
+//! Git auto-update on real repositories in temp folders: a bare "remote", clones the hosts run
+//! in, and a "seed" clone that pushes new commits. The build command copies the library named
+//! by the tracked file `variant` from `$LIBSRC` into `plugins/` (ignored by git), so flipping
+//! `variant` between the counter example and the `dup-counter` fixture (same class and state,
+//! but no `get`) is a code change the test can see.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use paglets_e2e::{PluginDir, TestHost, example, fixture, host_command, run_ok, wait_for};
+use serde_json::{Value, json};
+
+/// The build every checkout starts with.
+const BUILD: &str = "set -e\nmkdir -p plugins\ncp \"$LIBSRC/$(cat variant)\" plugins/.tmp.so\nmv plugins/.tmp.so plugins/libcounter.so\n";
+/// The exact startup refusal from the contract.
+const DIRTY_AT_START: &str =
+    "paglets host: --auto-update-from-git requires a clean git checkout; startup cancelled.";
+/// The update lock's directory inside the git common dir.
+const LOCK: &str = ".git/paglets-auto-update.lock";
+
+/// Runs `git -C dir args` with a fixed identity and no user or system config; returns stdout.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = run_ok(
+        Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args([
+                "-c",
+                "user.name=paglets e2e",
+                "-c",
+                "user.email=e2e@paglets.invalid",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null"),
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn head(dir: &Path) -> String {
+    git(dir, &["rev-parse", "HEAD"])
+}
+
+/// A bare remote, the prebuilt libraries, and a seed clone that made the first commit.
+struct Repos {
+    dir: tempfile::TempDir,
+}
+
+impl Repos {
+    fn new() -> Repos {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        git(
+            root,
+            &["init", "--quiet", "--bare", "-b", "master", "remote.git"],
+        );
+        let libsrc = root.join("libsrc");
+        std::fs::create_dir(&libsrc).expect("mkdir libsrc");
+        std::fs::copy(example("counter"), libsrc.join("libcounter.so")).expect("copy counter");
+        std::fs::copy(fixture("dup-counter"), libsrc.join("libdup_counter.so"))
+            .expect("copy dup-counter");
+        git(root, &["init", "--quiet", "-b", "master", "seed"]);
+        let repos = Repos { dir };
+        let seed = repos.seed();
+        git(
+            &seed,
+            &["remote", "add", "origin", path_str(&repos.remote())],
+        );
+        repos.push(
+            &[
+                (".gitignore", "plugins/\n"),
+                ("variant", "libcounter.so\n"),
+                ("build.sh", BUILD),
+            ],
+            "initial",
+        );
+        git(&seed, &["branch", "--quiet", "-u", "origin/master"]);
+        repos
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn remote(&self) -> PathBuf {
+        self.root().join("remote.git")
+    }
+
+    fn seed(&self) -> PathBuf {
+        self.root().join("seed")
+    }
+
+    fn libsrc(&self) -> PathBuf {
+        self.root().join("libsrc")
+    }
+
+    /// A fresh clone of the remote (its branch tracks origin/master).
+    fn clone(&self, name: &str) -> PathBuf {
+        git(
+            self.root(),
+            &["clone", "--quiet", path_str(&self.remote()), name],
+        );
+        self.root().join(name)
+    }
+
+    /// Commits `files` in the seed clone and pushes; returns the new commit.
+    fn push(&self, files: &[(&str, &str)], message: &str) -> String {
+        let seed = self.seed();
+        for (name, text) in files {
+            std::fs::write(seed.join(name), text).expect("write a tracked file");
+        }
+        git(&seed, &["add", "--all"]);
+        git(&seed, &["commit", "--quiet", "-m", message]);
+        git(&seed, &["push", "--quiet", "origin", "master"]);
+        head(&seed)
+    }
+
+    /// Starts an auto-updating host in `checkout` over its `plugins/`, persisting to `state`.
+    fn host(&self, checkout: &Path, state: &str, args: &[&str]) -> TestHost {
+        let persistence = self.root().join(state);
+        std::fs::create_dir_all(&persistence).expect("mkdir persistence");
+        let mut all = vec!["--auto-update-from-git", "--build-command", "sh build.sh"];
+        all.extend_from_slice(args);
+        TestHost::start_in_dir(
+            checkout,
+            &[Path::new("plugins")],
+            &all,
+            &persistence,
+            &[("LIBSRC", path_str(&self.libsrc()))],
+        )
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 temp path")
+}
+
+/// `POST /admin/git-update`, asserting the contract's 200.
+fn update(host: &TestHost, target: Option<&str>) -> Value {
+    let body = match target {
+        Some(target) => json!({ "target_hash": target }),
+        None => json!({}),
+    };
+    let answer = host.post("/admin/git-update", &body);
+    assert_eq!(
+        answer.status,
+        200,
+        "{:?}\nhost log:\n{}",
+        answer.json,
+        host.log()
+    );
+    answer.json
+}
+
+fn error_text(result: &Value) -> String {
+    result["error"].as_str().unwrap_or_default().to_string()
+}
+
+/// A counter on the counter example's code answers `get`; the dup-counter code does not.
+fn runs_old_code(host: &TestHost, id: &str) -> bool {
+    let answer = host.send(id, "get", Value::Null);
+    match answer.status {
+        200 => true,
+        422 => false,
+        other => panic!(
+            "get on {id}: unexpected status {other}: {:?}\nhost log:\n{}",
+            answer.json,
+            host.log()
+        ),
+    }
+}
+
+#[test]
+fn a_dirty_checkout_is_refused_and_nothing_is_fetched() {
+    let repos = Repos::new();
+    let a = repos.clone("a");
+    let host = repos.host(&a, "state-a", &[]);
+    let start = head(&a);
+    repos.push(&[("variant", "libdup_counter.so\n")], "flip");
+    let tracking = git(&a, &["rev-parse", "origin/master"]);
+
+    std::fs::write(a.join("build.sh"), format!("{BUILD}# local edit\n")).expect("edit");
+    let result = update(&host, None);
+    assert_eq!(result["status"], "dirty-worktree", "{result:?}");
+    assert_eq!(result["ok"], false);
+    assert!(error_text(&result).contains("build.sh"), "{result:?}");
+    assert_eq!(
+        (result["build_run"].clone(), result["changed"].clone()),
+        (json!(false), json!(false))
+    );
+    assert_eq!(head(&a), start, "nothing pulled");
+    assert_eq!(
+        git(&a, &["rev-parse", "origin/master"]),
+        tracking,
+        "nothing fetched"
+    );
+    git(&a, &["checkout", "--quiet", "--", "build.sh"]);
+
+    std::fs::write(a.join("notes.txt"), "scratch\n").expect("untracked file");
+    let result = update(&host, None);
+    assert_eq!(result["status"], "dirty-worktree", "{result:?}");
+    assert!(error_text(&result).contains("notes.txt"), "{result:?}");
+    assert_eq!(head(&a), start, "nothing pulled");
+    assert_eq!(
+        git(&a, &["rev-parse", "origin/master"]),
+        tracking,
+        "nothing fetched"
+    );
+    assert_eq!(host.get("/health").json["git_applied_head"], json!(start));
+
+    // Clean again: the same request goes through.
+    std::fs::remove_file(a.join("notes.txt")).expect("remove the untracked file");
+    assert_eq!(update(&host, None)["status"], "updated");
+}
+
+#[test]
+fn an_unknown_target_is_target_missing() {
+    let repos = Repos::new();
+    let a = repos.clone("a");
+    let host = repos.host(&a, "state-a", &[]);
+    let missing = "0123456789abcdef0123456789abcdef01234567";
+    let result = update(&host, Some(missing));
+    assert_eq!(result["status"], "target-missing", "{result:?}");
+    assert_eq!(result["ok"], false);
+    assert!(
+        error_text(&result).contains("may not have been pushed"),
+        "{result:?}"
+    );
+    assert!(error_text(&result).contains(missing), "{result:?}");
+    assert_eq!(result["target_hash"], missing);
+    assert_eq!(result["build_run"], false);
+}
+
+#[test]
+fn a_target_that_is_not_4_to_64_hex_digits_is_a_bad_request() {
+    let repos = Repos::new();
+    let a = repos.clone("a");
+    let host = repos.host(&a, "state-a", &[]);
+    let too_long = "a".repeat(65);
+    for target in ["not-hex!", "abc", too_long.as_str(), "12 34", ""] {
+        let answer = host.post("/admin/git-update", &json!({ "target_hash": target }));
+        assert_eq!(answer.status, 400, "{target:?}: {:?}", answer.json);
+        assert_eq!(answer.json["error"]["code"], "bad-request", "{target:?}");
+    }
+    // The bounds themselves are accepted (and then simply not found). The 4-digit prefix is
+    // one that no commit of this repository starts with.
+    let commits = git(&a, &["rev-list", "--all"]);
+    let short = ["abcd", "1234", "5678", "9abc"]
+        .into_iter()
+        .find(|p| !commits.lines().any(|c| c.starts_with(p)))
+        .expect("an unused prefix");
+    for target in [short.to_string(), "f".repeat(64)] {
+        let target = target.as_str();
+        let result = update(&host, Some(target));
+        assert_eq!(result["status"], "target-missing", "{target}: {result:?}");
+    }
+}
+
+#[test]
+fn diverged_history_is_pull_failed() {
+    let repos = Repos::new();
+    let a = repos.clone("a");
+    let host = repos.host(&a, "state-a", &[]);
+    std::fs::write(a.join("local.txt"), "never pushed\n").expect("write");
+    git(&a, &["add", "local.txt"]);
+    git(&a, &["commit", "--quiet", "-m", "local only"]);
+    let local = head(&a);
+    repos.push(&[("variant", "libdup_counter.so\n")], "elsewhere");
+    let result = update(&host, None);
+    assert_eq!(result["status"], "pull-failed", "{result:?}");
+    assert_eq!(result["ok"], false);
+    assert!(error_text(&result).contains("diverged"), "{result:?}");
+    assert_eq!(result["build_run"], false);
+    assert_eq!(head(&a), local, "the local commit stays checked out");
+}
+
+#[test]
+fn a_failing_build_keeps_the_old_code_and_a_retry_after_a_fix_updates() {
+    let repos = Repos::new();
+    let a = repos.clone("a");
+    let host = repos.host(&a, "state-a", &[]);
+    let start = head(&a);
+    let id = host.create("counter::Counter", json!({"count": 3}));
+    let broken = repos.push(&[("variant", "libmissing.so\n")], "broken");
+    let result = update(&host, None);
+    assert_eq!(result["status"], "build-failed", "{result:?}");
+    assert_eq!(result["ok"], false);
+    assert_eq!(result["build_run"], true);
+    assert_eq!(
+        result["after_head"],
+        json!(broken),
+        "the code itself was pulled"
+    );
+    assert!(
+        error_text(&result).contains("the build command failed"),
+        "{result:?}"
+    );
+    assert!(
+        result["stderr"]
+            .as_str()
+            .is_some_and(|e| e.contains("libmissing.so")),
+        "the build's stderr is in the result: {result:?}"
+    );
+    assert_eq!(result["reloaded"], json!([]));
+    assert!(runs_old_code(&host, &id), "the old code keeps serving");
+    assert_eq!(host.send(&id, "get", Value::Null).json["reply"]["count"], 3);
+    let health = host.get("/health").json;
+    assert_eq!(health["git_applied_head"], json!(start), "{health:?}");
+    assert_eq!(health["code_version"], json!(start));
+    assert_eq!(health["git_update"]["status"], "build-failed");
+
+    // HEAD is already on the broken commit, but applied_head is not: a retry builds again.
+    let fixed = repos.push(&[("variant", "libdup_counter.so\n")], "fixed");
+    let result = update(&host, None);
+    assert_eq!(result["status"], "updated", "{result:?}");
+    assert_eq!(
+        (result["before_head"].clone(), result["after_head"].clone()),
+        (json!(broken), json!(fixed))
+    );
+    assert!(!runs_old_code(&host, &id), "the new code runs");
+    assert_eq!(host.get("/health").json["git_applied_head"], json!(fixed));
+}
+
+#[test]
+fn a_build_past_the_timeout_is_killed_and_the_host_keeps_serving() {
+    let repos = Repos::new();
+    let a = repos.clone("a");
+    let host = repos.host(&a, "state-a", &["--build-timeout", "1"]);
+    let start = head(&a);
+    let id = host.create("counter::Counter", json!({"count": 1}));
+    repos.push(&[("build.sh", "sleep 60\n")], "hangs");
+    let result = update(&host, None);
+    assert_eq!(result["status"], "build-failed", "{result:?}");
+    assert_eq!(result["build_run"], true);
+    assert!(error_text(&result).contains("timed out"), "{result:?}");
+    assert!(runs_old_code(&host, &id), "the old code keeps serving");
+    assert_eq!(host.get("/health").json["git_applied_head"], json!(start));
+}
+
+#[test]
+fn a_second_update_while_one_runs_on_the_host_is_409() {
+    let repos = Repos::new();
+    let a = repos.clone("a");
+    let host = Arc::new(repos.host(&a, "state-a", &[]));
+    let id = host.create("counter::Counter", json!({"count": 2}));
+    // The next build blocks until the test writes a line into a FIFO.
+    let gate = repos.libsrc().join("gate");
+    run_ok(Command::new("mkfifo").arg(&gate));
+    let gated = format!("read line < \"$LIBSRC/gate\"\n{BUILD}");
+    let new_head = repos.push(
+        &[
+            ("build.sh", gated.as_str()),
+            ("variant", "libdup_counter.so\n"),
+        ],
+        "gated build",
+    );
+    let first = {
+        let host = host.clone();
+        std::thread::spawn(move || update(&host, None))
+    };
+    // The build is waiting on the FIFO once it has opened it for reading.
+    let mut writer = wait_for("the build to wait on the gate", || {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&gate)
+            .ok()
+    });
+    let second = host.post("/admin/git-update", &json!({}));
+    assert_eq!(second.status, 409, "{:?}", second.json);
+    assert_eq!(second.json["error"]["code"], "conflict");
+    // A manual rescan could load a half-built library: refused while the update runs.
+    let rescan = host.post("/admin/rescan", &json!({}));
+    assert_eq!(rescan.status, 409, "{:?}", rescan.json);
+    // While the build runs, the old code keeps serving.
+    assert!(runs_old_code(&host, &id));
+    std::io::Write::write_all(&mut writer, b"go\n").expect("open the gate");
+    drop(writer);
+    let result = first.join().expect("the first update");
+    assert_eq!(result["status"], "updated", "{result:?}");
+    assert_eq!(result["after_head"], json!(new_head));
+    assert!(!runs_old_code(&host, &id));
+}
+
+#[test]
+fn a_stale_lock_whose_owner_is_gone_is_removed() {
+    let repos = Repos::new();
+    let a = repos.clone("a");
+    let host = repos.host(&a, "state-a", &[]);
+    let lock = a.join(LOCK);
+    std::fs::create_dir(&lock).expect("lock dir");
+    // A pid above Linux's pid_max: it cannot be running.
+    std::fs::write(lock.join("owner"), "pid=99999999\ntime=1\n").expect("owner");
+    let new_head = repos.push(&[("variant", "libdup_counter.so\n")], "flip");
+    let result = update(&host, None);
+    assert_eq!(result["status"], "updated", "{result:?}");
+    assert_eq!(result["after_head"], json!(new_head));
+    assert!(!lock.exists(), "the lock is released after the update");
+}
+
+#[test]
+fn a_lock_without_a_readable_owner_is_removed_after_the_grace_period() {
+    let repos = Repos::new();
+    let a = repos.clone("a");
+    let host = repos.host(&a, "state-a", &[]);
+    let lock = a.join(LOCK);
+    std::fs::create_dir(&lock).expect("lock dir without an owner file");
+    let result = update(&host, None);
+    assert!(
+        result["status"] == "current" || result["status"] == "updated",
+        "{result:?}"
+    );
+    assert_eq!(result["ok"], true);
+    assert!(!lock.exists(), "the lock is released after the update");
+}
+
+#[test]
+fn a_lock_held_by_a_live_process_times_out_naming_the_owner() {
+    let repos = Repos::new();
+    let a = repos.clone("a");
+    let host = repos.host(&a, "state-a", &["--update-lock-timeout", "1"]);
+    let lock = a.join(LOCK);
+    std::fs::create_dir(&lock).expect("lock dir");
+    // This test process is alive and started before `time`.
+    let me = std::process::id();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    std::fs::write(lock.join("owner"), format!("pid={me}\ntime={now}\n")).expect("owner");
+    repos.push(&[("variant", "libdup_counter.so\n")], "flip");
+    let before = head(&a);
+    let result = update(&host, None);
+    assert_eq!(result["status"], "lock-timeout", "{result:?}");
+    assert_eq!(result["ok"], false);
+    assert!(
+        error_text(&result).contains(&format!("pid {me}")),
+        "{result:?}"
+    );
+    assert_eq!(head(&a), before, "nothing pulled without the lock");
+    assert!(lock.exists(), "a live owner's lock is left alone");
+    std::fs::remove_dir_all(&lock).expect("release the lock");
+    assert_eq!(update(&host, None)["status"], "updated");
+}
+
+#[test]
+fn two_hosts_on_one_checkout_update_at_once() {
+    let repos = Repos::new();
+    let a = repos.clone("a");
+    let hosts = [
+        Arc::new(repos.host(&a, "state-1", &["--name", "one"])),
+        Arc::new(repos.host(&a, "state-2", &["--name", "two"])),
+    ];
+    let ids: Vec<String> = hosts
+        .iter()
+        .map(|h| h.create("counter::Counter", json!({"count": 10})))
+        .collect();
+    let new_head = repos.push(&[("variant", "libdup_counter.so\n")], "flip");
+    let threads: Vec<_> = hosts
+        .iter()
+        .map(|host| {
+            let host = host.clone();
+            std::thread::spawn(move || update(&host, None))
+        })
+        .collect();
+    let results: Vec<Value> = threads
+        .into_iter()
+        .map(|t| t.join().expect("an update thread"))
+        .collect();
+    for result in &results {
+        // Each host applies the new head once: whoever pulled second still has to build
+        // and load it for itself.
+        assert_eq!(result["status"], "updated", "{results:?}");
+        assert_eq!(result["after_head"], json!(new_head), "{results:?}");
+    }
+    let changed = results.iter().filter(|r| r["changed"] == true).count();
+    assert_eq!(changed, 1, "exactly one host moved HEAD: {results:?}");
+    for (host, id) in hosts.iter().zip(&ids) {
+        let detail = host.get(&format!("/paglets/{id}")).json;
+        assert_eq!(
+            (
+                detail["generation"].clone(),
+                detail["state"]["count"].clone()
+            ),
+            (json!(1), json!(10)),
+            "{detail:?}"
+        );
+        assert!(!runs_old_code(host, id), "the new code runs");
+        assert_eq!(
+            host.get("/health").json["git_applied_head"],
+            json!(new_head)
+        );
+    }
+    assert!(!a.join(LOCK).exists());
+}
+
+#[test]
+fn a_branch_without_an_upstream_is_fetch_failed() {
+    let repos = Repos::new();
+    let a = repos.clone("a");
+    let host = repos.host(&a, "state-a", &[]);
+    git(&a, &["branch", "--unset-upstream"]);
+    let result = update(&host, None);
+    assert_eq!(result["status"], "fetch-failed", "{result:?}");
+    assert!(error_text(&result).contains("no upstream"), "{result:?}");
+}
+
+#[test]
+fn startup_outside_a_checkout_or_in_a_dirty_one_exits_1() {
+    let repos = Repos::new();
+    let outside = tempfile::tempdir().expect("temp dir");
+    let state = tempfile::tempdir().expect("temp dir");
+    let refused = |cwd: &Path| {
+        let output = host_command(
+            &[Path::new("plugins")],
+            &["--auto-update-from-git", "--build-command", "sh build.sh"],
+            state.path(),
+        )
+        .current_dir(cwd)
+        .env("LIBSRC", repos.libsrc())
+        .env_remove("PAGLETS_API_KEY")
+        .output()
+        .expect("run paglets host");
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        String::from_utf8_lossy(&output.stderr).to_string()
+    };
+    let stderr = refused(outside.path());
+    assert!(stderr.contains("not inside a git checkout"), "{stderr}");
+
+    let a = repos.clone("a");
+    std::fs::write(a.join("notes.txt"), "scratch\n").expect("untracked file");
+    let stderr = refused(&a);
+    assert!(
+        stderr.lines().any(|line| line == DIRTY_AT_START),
+        "{stderr}"
+    );
+    assert!(!a.join("plugins").exists(), "nothing was built");
+}
+
+#[test]
+fn an_update_to_a_short_hash_reloads_the_changed_library_and_keeps_state() {
+    let repos = Repos::new();
+    let a = repos.clone("a");
+    let host = repos.host(&a, "state-a", &[]);
+    let start = head(&a);
+    let id = host.create("counter::Counter", json!({"count": 5}));
+    host.send(&id, "increment", Value::Null);
+    let new_head = repos.push(&[("variant", "libdup_counter.so\n")], "flip");
+
+    let result = update(&host, Some(&new_head[..8]));
+    assert_eq!(result["status"], "updated", "{result:?}");
+    assert_eq!(result["ok"], true);
+    assert_eq!(
+        result["target_hash"],
+        json!(new_head),
+        "resolved to the full hash"
+    );
+    assert_eq!(
+        (result["before_head"].clone(), result["after_head"].clone()),
+        (json!(start), json!(new_head))
+    );
+    assert_eq!(
+        (result["changed"].clone(), result["build_run"].clone()),
+        (json!(true), json!(true))
+    );
+    assert_eq!(result["restart_required"], false);
+    assert_eq!(result["process_start_head"], json!(start));
+    let checkout = std::fs::canonicalize(&a).expect("canonical checkout");
+    assert_eq!(result["repo_root"], json!(checkout));
+    assert_eq!(
+        result["reloaded"],
+        json!([checkout.join("plugins/libcounter.so")]),
+        "{result:?}"
+    );
+    assert_eq!(result["error"], Value::Null);
+
+    let detail = host.get(&format!("/paglets/{id}")).json;
+    assert_eq!(
+        (
+            detail["generation"].clone(),
+            detail["state"]["count"].clone()
+        ),
+        (json!(1), json!(6)),
+        "{detail:?}"
+    );
+    assert!(!runs_old_code(&host, &id), "the new code runs");
+    assert_eq!(
+        host.send(&id, "increment", Value::Null).json["reply"]["count"],
+        7
+    );
+
+    let health = host.get("/health").json;
+    assert_eq!(health["auto_update_from_git"], true);
+    assert_eq!(health["git_applied_head"], json!(new_head), "{health:?}");
+    assert_eq!(health["code_version"], json!(new_head));
+    assert_eq!(health["git_head"], json!(new_head));
+    assert_eq!(health["git_process_start_head"], json!(start));
+    assert_eq!(health["git_update"]["status"], "updated");
+
+    let again = update(&host, None);
+    assert_eq!(again["status"], "current", "{again:?}");
+    assert_eq!(again["ok"], true);
+    assert_eq!(
+        (again["changed"].clone(), again["build_run"].clone()),
+        (json!(false), json!(false))
+    );
+    assert_eq!(again["reloaded"], json!([]));
+}
+
+#[test]
+fn a_restarted_host_announces_its_head_and_the_peer_follows() {
+    let repos = Repos::new();
+    let a = repos.clone("a");
+    let b = repos.clone("b");
+    let host_a = repos.host(&a, "state-a", &["--name", "a"]);
+    let host_b = repos.host(&b, "state-b", &["--name", "b"]);
+    let id = host_b.create("counter::Counter", json!({"count": 7}));
+    let new_head = repos.push(&[("variant", "libdup_counter.so\n")], "flip");
+
+    assert_eq!(host_a.stop().code(), Some(0));
+    let host_a = repos.host(&a, "state-a", &["--name", "a", "--peer", &host_b.url]);
+    let health_a = host_a.get("/health").json;
+    assert_eq!(
+        health_a["git_applied_head"],
+        json!(new_head),
+        "the startup update pulled and built: {health_a:?}"
+    );
+    // `git_update` is published just after `git_applied_head` moves: wait for both.
+    let health_b = wait_for("b to follow a's announcement", || {
+        let health = host_b.get("/health").json;
+        (health["git_applied_head"] == json!(new_head) && !health["git_update"].is_null())
+            .then_some(health)
+    });
+    assert_eq!(health_b["git_update"]["status"], "updated", "{health_b:?}");
+    assert_eq!(health_b["git_update"]["target_hash"], json!(new_head));
+    let detail = host_b.get(&format!("/paglets/{id}")).json;
+    assert_eq!(
+        (
+            detail["generation"].clone(),
+            detail["state"]["count"].clone()
+        ),
+        (json!(1), json!(7)),
+        "{detail:?}"
+    );
+    assert!(!runs_old_code(&host_b, &id), "b runs the new code");
+
+    // A host without the flag answers `disabled`.
+    let plugins = PluginDir::new();
+    let plain = TestHost::start(&[plugins.path()], &[]);
+    let result = update(&plain, Some(&new_head));
+    assert_eq!(result["status"], "disabled", "{result:?}");
+    assert_eq!(result["ok"], false);
+}
+
+/// A host run from its own copy of the `paglets` binary, so that a "build" can replace that
+/// binary. After a re-exec the same process prints a new URL (`--port 0`), which `TestHost`
+/// does not follow, hence this small driver.
+struct OwnBinaryHost {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: Arc<std::sync::Mutex<String>>,
+    http: reqwest::blocking::Client,
+}
+
+impl OwnBinaryHost {
+    fn start(exe: &Path, checkout: &Path, persistence: &Path, env: &[(&str, &Path)]) -> Self {
+        let template = host_command(
+            &[Path::new("plugins")],
+            &[
+                "--auto-update-from-git",
+                "--build-command",
+                "sh build.sh",
+                "--name",
+                "reexec",
+            ],
+            persistence,
+        );
+        let mut command = Command::new(exe);
+        command.args(template.get_args()).current_dir(checkout);
+        for (key, value) in template.get_envs() {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
+            .env_remove("PAGLETS_API_KEY")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the copied paglets binary");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let out = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+        let (sink, err) = (stderr.clone(), child.stderr.take().expect("piped stderr"));
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                if let Ok(mut log) = sink.lock() {
+                    log.push_str(&(line + "\n"));
+                }
+            }
+        });
+        let http = reqwest::blocking::Client::builder()
+            .timeout(paglets_e2e::DEADLINE)
+            .build()
+            .expect("client");
+        OwnBinaryHost {
+            child,
+            lines,
+            stderr,
+            http,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The next URL the process prints, once its `/health` answers.
+    fn next_url(&self) -> String {
+        let line = self
+            .lines
+            .recv_timeout(paglets_e2e::DEADLINE)
+            .unwrap_or_else(|_| panic!("no URL printed; host log:\n{}", self.log()));
+        let url = line
+            .split_once("listening at ")
+            .map(|(_, url)| url.to_string())
+            .unwrap_or_else(|| panic!("unexpected line: {line}"));
+        wait_for("/health to answer", || self.get(&url, "/health"));
+        url
+    }
+
+    /// `GET`, `None` while nothing answers.
+    fn get(&self, url: &str, path: &str) -> Option<Value> {
+        let response = self.http.get(format!("{url}{path}")).send().ok()?;
+        (response.status() == 200).then(|| response.json().expect("JSON"))
+    }
+
+    fn post(&self, url: &str, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{url}{path}"))
+            .json(body)
+            .send()
+            .unwrap_or_else(|e| panic!("{path}: {e}; host log:\n{}", self.log()));
+        let status = response.status().as_u16();
+        (status, response.json().expect("JSON"))
+    }
+}
+
+impl Drop for OwnBinaryHost {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn a_changed_host_binary_makes_the_host_re_execute_itself_keeping_its_paglets() {
+    let repos = Repos::new();
+    let a = repos.clone("a");
+    let bin = repos.root().join("bin");
+    std::fs::create_dir(&bin).expect("mkdir bin");
+    let exe = bin.join("paglets");
+    std::fs::copy(paglets_e2e::paglets_bin(), &exe).expect("copy the host binary");
+    let persistence = repos.root().join("state-a");
+    std::fs::create_dir(&persistence).expect("mkdir persistence");
+    let mut host = OwnBinaryHost::start(
+        &exe,
+        &a,
+        &persistence,
+        &[("LIBSRC", &repos.libsrc()), ("HOST_BIN", &exe)],
+    );
+    let url = host.next_url();
+    let start = head(&a);
+    let (status, created) = host.post(
+        &url,
+        "/paglets",
+        &json!({"class": "counter::Counter", "id": "kept", "state": {"count": 4}}),
+    );
+    assert_eq!(status, 201, "{created:?}");
+    // The new build also "rebuilds" the host: a new file (extra bytes at the end of the ELF
+    // change its sha256, not its code) replaces the binary the way cargo does.
+    let rebuild_host = format!(
+        "{BUILD}cp \"$HOST_BIN\" \"$HOST_BIN.new\"\necho rebuilt >> \"$HOST_BIN.new\"\nmv \"$HOST_BIN.new\" \"$HOST_BIN\"\n"
+    );
+    let new_head = repos.push(
+        &[
+            ("build.sh", rebuild_host.as_str()),
+            ("variant", "libdup_counter.so\n"),
+        ],
+        "new host binary",
+    );
+    let (status, result) = host.post(&url, "/admin/git-update", &json!({}));
+    assert_eq!(status, 200, "{result:?}");
+    assert_eq!(result["status"], "updated", "{result:?}");
+    assert_eq!(result["restart_required"], true, "{result:?}");
+    assert_eq!(result["process_start_head"], json!(start));
+
+    // The same process (exec in place, never spawn-and-exit) serves again on a new port.
+    let url = host.next_url();
+    assert!(
+        matches!(host.child.try_wait(), Ok(None)),
+        "the process the test started is still the host"
+    );
+    let health = host.get(&url, "/health").expect("health");
+    assert_eq!(
+        health["git_process_start_head"],
+        json!(new_head),
+        "a new process image read HEAD at its start: {health:?}"
+    );
+    assert_eq!(health["git_applied_head"], json!(new_head));
+    let detail = host
+        .get(&url, "/paglets/kept")
+        .expect("the paglet was restored");
+    assert_eq!(detail["state"]["count"], 4, "{detail:?}");
+    let (status, _) = host.post(
+        &url,
+        "/paglets/kept/messages",
+        &json!({"kind": "get", "args": null}),
+    );
+    assert_eq!(status, 422, "the restored paglet runs the new code");
+    assert!(!a.join(LOCK).exists(), "the lock was released before exec");
+
+    // SAFETY: signalling the child process this test started.
+    unsafe { libc::kill(host.child.id() as i32, libc::SIGTERM) };
+    let exit = wait_for("the host to exit", || host.child.try_wait().ok().flatten());
+    assert_eq!(exit.code(), Some(0), "host log:\n{}", host.log());
+}
+
+/// A `git daemon` serving the repositories' folder read-only on a loopback port.
+struct GitDaemon {
+    child: std::process::Child,
+    url: String,
+}
+
+impl GitDaemon {
+    fn start(base: &Path) -> GitDaemon {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        // `git daemon` would run `git-daemon` as a child of the `git` wrapper, out of reach of
+        // `kill`: start the daemon itself.
+        let exec_path = git(base, &["--exec-path"]);
+        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
+            .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn git daemon");
+        let daemon = GitDaemon {
+            child,
+            url: format!("git://127.0.0.1:{port}/remote.git"),
+        };
+        wait_for("git daemon to serve", || {
+            Command::new("git")
+                .args(["ls-remote", &daemon.url])
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+        });
+        daemon
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_remote_that_is_not_a_local_path_is_fetched_by_running_git() {
+    let repos = Repos::new();
+    let a = repos.clone("a");
+    let daemon = GitDaemon::start(repos.root());
+    // git:// is not a local remote: the host runs `git fetch` for it.
+    git(&a, &["remote", "set-url", "origin", &daemon.url]);
+    let host = repos.host(&a, "state-a", &[]);
+    let id = host.create("counter::Counter", json!({"count": 8}));
+    let new_head = repos.push(&[("variant", "libdup_counter.so\n")], "flip");
+    let result = update(&host, Some(&new_head));
+    assert_eq!(result["status"], "updated", "{result:?}");
+    assert_eq!(result["after_head"], json!(new_head));
+    assert!(!runs_old_code(&host, &id), "the new code runs");
+
+    // With the remote gone, git's own error comes back.
+    let url = daemon.url.clone();
+    drop(daemon);
+    repos.push(&[("variant", "libcounter.so\n")], "flip back");
+    let result = update(&host, None);
+    assert_eq!(result["status"], "fetch-failed", "{result:?}");
+    assert!(error_text(&result).contains(&url), "{result:?}");
+}
