@@ -15,6 +15,9 @@ use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::update::Updater;
 
+/// Set in the environment of a host re-executed because its startup build rebuilt it.
+const STARTUP_REEXEC: &str = "PAGLETS_STARTUP_REEXEC";
+
 /// The top-level entry point for `paglets host`.
 pub fn run(args: Box<HostArgs>) -> CommandResult {
     let config = HostConfig::from_args(*args).map_err(|e| Failure::Usage(e.0))?;
@@ -30,6 +33,11 @@ pub fn run(args: Box<HostArgs>) -> CommandResult {
         }
         None => None,
     };
+    // Once only: a build that touches the binary every time must not loop.
+    let restarted = std::env::var_os(STARTUP_REEXEC).is_some();
+    if let Some(updater) = updater.as_ref().filter(|u| u.restart_now() && !restarted) {
+        return Err(reexec(updater.exe(), true));
+    }
     for path in &config.paths {
         if !path.is_dir() {
             tracing::warn!(folder = %path.display(), "does not exist yet; it is picked up when it appears");
@@ -126,19 +134,24 @@ async fn serve(
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
     match (restarting, &updater) {
-        (true, Some(updater)) => Err(reexec(updater.exe())),
+        (true, Some(updater)) => Err(reexec(updater.exe(), false)),
         _ => Ok(Exit::Ok),
     }
 }
 
 /// Replaces this process with the (rebuilt) executable recorded at start, with the same
 /// arguments. Open descriptors (the persistence dir's lock, the listener) are close-on-exec.
-fn reexec(exe: &std::path::Path) -> Failure {
+fn reexec(exe: &std::path::Path, at_startup: bool) -> Failure {
     use std::os::unix::process::CommandExt;
     tracing::info!(exe = %exe.display(), "the host binary changed: re-executing");
-    let err = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .exec();
+    let mut command = std::process::Command::new(exe);
+    command.args(std::env::args_os().skip(1));
+    if at_startup {
+        command.env(STARTUP_REEXEC, "1");
+    } else {
+        command.env_remove(STARTUP_REEXEC);
+    }
+    let err = command.exec();
     Failure::Failed(anyhow::anyhow!(
         "cannot re-execute {}: {err}",
         exe.display()

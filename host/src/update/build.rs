@@ -50,10 +50,17 @@ fn pump(stream: impl Read + Send + 'static, name: &'static str) -> std::thread::
 /// Runs `command` in `root`, killing its process group after `timeout`.
 pub fn run(command: &str, root: &Path, timeout: Duration) -> BuildOutcome {
     tracing::info!(command, root = %root.display(), "building");
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .current_dir(root)
+    let mut sh = Command::new("sh");
+    sh.arg("-c").arg(command).current_dir(root);
+    run_command(sh, "the build command", timeout)
+}
+
+/// Runs `command` (named `what` in errors) in a process group of its own, with its output streamed to the log and
+/// its tail kept; after `timeout` the whole group is killed. When it ends, whatever it left
+/// running in its group is killed too, so a stray background child can neither hold its
+/// output open nor outlive the update.
+pub fn run_command(mut command: Command, what: &str, timeout: Duration) -> BuildOutcome {
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -63,7 +70,7 @@ pub fn run(command: &str, root: &Path, timeout: Duration) -> BuildOutcome {
         Ok(child) => child,
         Err(e) => {
             return BuildOutcome {
-                error: Some(format!("cannot run sh -c {command:?}: {e}")),
+                error: Some(format!("cannot run {command:?}: {e}")),
                 ..Default::default()
             };
         }
@@ -75,24 +82,24 @@ pub fn run(command: &str, root: &Path, timeout: Duration) -> BuildOutcome {
     std::thread::spawn(move || {
         let _ = tx.send(child.wait());
     });
+    let kill_group = || {
+        // SAFETY: `killpg` on the process group created for this command. Once its leader
+        // is reaped the group lives on only while members remain; with none left, this is
+        // ESRCH and harmless.
+        unsafe { libc::killpg(pgid, libc::SIGKILL) };
+    };
     let (ok, error) = match rx.recv_timeout(timeout) {
         Ok(Ok(status)) if status.success() => (true, None),
-        Ok(Ok(status)) => (false, Some(format!("the build command failed ({status})"))),
-        Ok(Err(e)) => (false, Some(format!("waiting for the build: {e}"))),
+        Ok(Ok(status)) => (false, Some(format!("{what} failed ({status})"))),
+        Ok(Err(e)) => (false, Some(format!("waiting for {what}: {e}"))),
         Err(_) => {
-            // SAFETY: `killpg` on the group we created for the child; it is still ours
-            // because the waiter thread has not reaped it.
-            unsafe { libc::killpg(pgid, libc::SIGKILL) };
+            kill_group();
             let _ = rx.recv();
-            (
-                false,
-                Some(format!(
-                    "the build command timed out after {}s and was killed",
-                    timeout.as_secs()
-                )),
-            )
+            let why = format!("timed out after {}s and was killed", timeout.as_secs());
+            (false, Some(format!("{what} {why}")))
         }
     };
+    kill_group();
     let stdout = out.and_then(|h| h.join().ok()).unwrap_or_default();
     let stderr = err.and_then(|h| h.join().ok()).unwrap_or_default();
     BuildOutcome {

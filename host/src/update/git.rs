@@ -11,6 +11,9 @@ use std::process::Command;
 
 use git2::{ErrorCode, Repository, StatusOptions, build::CheckoutBuilder};
 
+/// How long `git fetch` may take before it is killed.
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Where a checkout lives.
 #[derive(Debug, Clone)]
 pub struct Checkout {
@@ -106,22 +109,20 @@ pub fn fetch(root: &Path) -> Result<(), String> {
             .fetch(&[] as &[&str], None, None)
             .map_err(|e| format!("fetch from {remote_name} ({url}): {}", e.message()));
     }
-    let output = Command::new("git")
-        .arg("-C")
+    let mut git = Command::new("git");
+    git.arg("-C")
         .arg(root)
-        .args(["fetch", "--quiet", &remote_name])
-        // A host cannot answer git's username/password prompt: fail instead of waiting on
-        // the terminal the host was started from.
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .map_err(|e| format!("cannot run git fetch: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "git fetch {remote_name} ({url}): {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
+        .args(["fetch", "--quiet", &remote_name]);
+    // A host cannot answer git's username/password prompt: fail instead of waiting on the
+    // terminal the host was started from.
+    git.env("GIT_TERMINAL_PROMPT", "0");
+    let outcome = super::build::run_command(git, "git fetch", FETCH_TIMEOUT);
+    match outcome.error {
+        None => Ok(()),
+        Some(error) => Err(format!(
+            "{error} from {remote_name} ({url}): {}",
+            outcome.stderr.trim()
+        )),
     }
 }
 

@@ -135,7 +135,21 @@ pub struct Updater {
     last: Mutex<Option<UpdateResult>>,
     running: Mutex<()>,
     exe: PathBuf,
-    exe_sha: String,
+    /// The executable's identity after the startup build: a change means the binary was
+    /// rebuilt.
+    exe_id: Option<FileId>,
+    /// The startup build rebuilt the binary: re-execute before serving.
+    restart_now: bool,
+}
+
+/// What `stat` says about a file's contents: size, mtime and inode. Cheap next to hashing a
+/// 100 MB debug binary, and cargo's replacement of a binary changes all three.
+type FileId = (u64, i64, i64, u64);
+
+fn file_id(path: &std::path::Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -153,7 +167,7 @@ impl Updater {
             .map_err(|e| StartupError::Failed(format!("--auto-update-from-git: {e}")))?;
         let exe = std::env::current_exe()
             .map_err(|e| StartupError::Failed(format!("own executable: {e}")))?;
-        let exe_sha = crate::registry::sha256_file(&exe).unwrap_or_default();
+        let exe_before = file_id(&exe);
         let process_start_head = git::head(&checkout.root).map_err(StartupError::Failed)?;
         let _lock = lock::acquire(&checkout.common_dir, settings.lock_timeout, true)
             .map_err(|e| StartupError::Failed(e.to_string()))?;
@@ -183,6 +197,7 @@ impl Updater {
         }
         let head = git::head(&checkout.root).map_err(StartupError::Failed)?;
         tracing::info!(repo = %checkout.root.display(), head, "checkout up to date and built");
+        let exe_id = file_id(&exe);
         Ok(Updater {
             checkout,
             settings,
@@ -191,8 +206,14 @@ impl Updater {
             last: Mutex::new(None),
             running: Mutex::new(()),
             exe,
-            exe_sha,
+            restart_now: exe_id != exe_before,
+            exe_id,
         })
+    }
+
+    /// True when the startup build rebuilt the host binary: the caller re-executes it.
+    pub fn restart_now(&self) -> bool {
+        self.restart_now
     }
 
     /// The commit whose build is loaded.
@@ -307,8 +328,7 @@ impl Updater {
             .map(|(p, _)| p.clone())
             .collect();
         *lock(&self.applied_head) = head;
-        result.restart_required =
-            crate::registry::sha256_file(&self.exe).is_ok_and(|sha| sha != self.exe_sha);
+        result.restart_required = file_id(&self.exe) != self.exe_id;
         result.ok = true;
         result.status = UpdateStatus::Updated;
         result
