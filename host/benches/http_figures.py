@@ -111,6 +111,12 @@ def main():
         print(f"idle RSS, examples loaded: {rss_mib(proc.pid):.1f} MiB")
         conn = http.client.HTTPConnection(host, port)
         call(conn, "POST", "/paglets", {"class": "counter::Counter", "id": "bench"})
+        # The machine's ceiling for this HTTP stack: GET /health does no paglet work.
+        for connections in (1, 4):
+            out = subprocess.run(["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", "10s",
+                                  url + "/health"], capture_output=True, text=True, check=True).stdout
+            rate = float(next(l for l in out.splitlines() if l.startswith("Requests/sec")).split()[1])
+            print(f"baseline GET /health, {connections} connection(s): {rate:,.0f}/s")
         body = {"kind": "increment"}
         for connections in (1, 4):
             rate, p50, errors = wrk(url, "/paglets/bench/messages", body, connections)

@@ -69,11 +69,7 @@ pub fn run(args: Box<HostArgs>) -> CommandResult {
             Err(e) => tracing::error!(class = %entry.class, "startup paglet not created: {e}"),
         }
     }
-    // At least four HTTP workers even on small machines: a handler that turns slow while
-    // running inline (see `Runtime::send`) holds one of them for that call.
-    let workers = std::thread::available_parallelism().map_or(4, |n| n.get().max(4));
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
         .enable_all()
         .build()
         .context("start the async runtime")?
