@@ -385,6 +385,15 @@ impl Drop for TestHost {
 /// `paglets host` with `--port 0`, the paths, a name and the persistence dir.
 pub fn host_command(paths: &[&Path], args: &[&str], persistence: &Path) -> Command {
     let mut command = Command::new(paglets_bin());
+    // A test that panics while another thread still holds its `TestHost` must not leave the
+    // host running: it dies with the thread that started it.
+    // SAFETY: `prctl` is async-signal-safe and touches only the child being set up.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     command.args(["host", "--port", "0", "--no-watch"]);
     if !args.contains(&"--name") {
         command.args(["--name", "test"]);
