@@ -21,6 +21,9 @@ pub use instance::Slot;
 use instance::{Job, Replier};
 use pool::Pool;
 
+/// Jobs an HTTP worker runs for an instance it ran a message for inline, before handing the
+/// rest of its queue to the pool.
+const INLINE_BUDGET: usize = 16;
 /// How long a paglet-to-paglet send waits for its reply.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a rescan waits for idle instances to migrate before listing them as pending.
@@ -251,7 +254,9 @@ impl Runtime {
             // A proven-fast handler on an idle instance: two thread hand-offs would cost
             // more than the handler itself.
             slot.run(job);
-            slot.release(&self.pool);
+            // Messages that arrived meanwhile (other connections) run here too, up to a
+            // budget, rather than being handed to the pool one by one.
+            slot.drain(&self.pool, INLINE_BUDGET);
         } else {
             slot.push(job, false, &self.pool);
         }
