@@ -12,6 +12,7 @@ use crate::update::UpdateResult;
 pub async fn health(State(app): State<AppState>) -> Json<Value> {
     let config = &app.config;
     let updater = app.updater.as_deref();
+    let applied = updater.map(|u| u.applied());
     let (libraries, digest) = {
         let registry = app.runtime.registry();
         (registry.loaded_count(), registry.digest())
@@ -24,7 +25,7 @@ pub async fn health(State(app): State<AppState>) -> Json<Value> {
         "abi_version": plugin_api::PAGLETS_ABI,
         "mesh_version": config.mesh_version,
         "code_version": config.mesh_version.clone()
-            .or_else(|| app.updater.as_ref().map(|u| u.applied_head()))
+            .or_else(|| applied.as_ref().map(|a| a.head.clone()))
             .unwrap_or(digest),
         "tags": config.tags,
         "properties": config.properties,
@@ -33,8 +34,8 @@ pub async fn health(State(app): State<AppState>) -> Json<Value> {
         "auto_update_from_git": updater.is_some(),
         "git_head": updater.and_then(|u| u.head()),
         "git_process_start_head": updater.map(|u| u.process_start_head()),
-        "git_applied_head": updater.map(|u| u.applied_head()),
-        "git_update": updater.and_then(|u| u.last()),
+        "git_applied_head": applied.as_ref().map(|a| &a.head),
+        "git_update": applied.as_ref().and_then(|a| a.last.as_ref()),
     }))
 }
 

@@ -127,7 +127,7 @@ pub fn acquire(
                 if (pid == me && own_pid_is_stale) || (pid != me && !owner_alive(pid, time)) =>
             {
                 tracing::warn!(lock = %dir.display(), pid, "removing a stale update lock");
-                remove(&dir)?;
+                remove_stale(&dir, Some((pid, time)))?;
                 continue;
             }
             Some((pid, time)) => {
@@ -152,7 +152,7 @@ pub fn acquire(
                     .unwrap_or_default();
                 if age >= UNREADABLE_GRACE {
                     tracing::warn!(lock = %dir.display(), "removing an update lock without a readable owner");
-                    remove(&dir)?;
+                    remove_stale(&dir, None)?;
                     continue;
                 }
             }
@@ -161,12 +161,31 @@ pub fn acquire(
     }
 }
 
-fn remove(dir: &Path) -> Result<(), LockError> {
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LockError::Io {
-            dir: dir.into(),
-            source: e,
-        }),
+/// Removes a lock judged stale because its owner was `judged`. Two processes may judge the
+/// same lock stale at once: the lock is first renamed aside (only one rename can win), and if
+/// what was moved is no longer the judged lock (another process removed the stale one and
+/// took a fresh lock meanwhile), it is put back.
+fn remove_stale(dir: &Path, judged: Option<(u32, f64)>) -> Result<(), LockError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let aside = dir.with_file_name(format!("{LOCK_NAME}.stale-{}-{n}", std::process::id()));
+    let io = |source| LockError::Io {
+        dir: dir.into(),
+        source,
+    };
+    match std::fs::rename(dir, &aside) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+        Ok(()) => {}
+    }
+    if read_owner(&aside) != judged {
+        // Someone else's fresh lock: hand it back (the rename fails only if yet another lock
+        // was taken in between, which then owns the checkout).
+        let _ = std::fs::rename(&aside, dir);
+        return Ok(());
+    }
+    match std::fs::remove_dir_all(&aside) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
         _ => Ok(()),
     }
 }

@@ -103,6 +103,15 @@ impl UpdateResult {
     }
 }
 
+/// The commit whose build is loaded, and the latest update result.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The applied head.
+    pub head: String,
+    /// The latest result, if any update ran.
+    pub last: Option<UpdateResult>,
+}
+
 /// Settings of the updater.
 #[derive(Debug, Clone)]
 pub struct UpdateSettings {
@@ -131,8 +140,8 @@ pub struct Updater {
     checkout: git::Checkout,
     settings: UpdateSettings,
     process_start_head: String,
-    applied_head: Mutex<String>,
-    last: Mutex<Option<UpdateResult>>,
+    /// The applied head and the latest result, changed together.
+    state: Mutex<Applied>,
     running: Mutex<()>,
     exe: PathBuf,
     /// The executable's identity after the startup build: a change means the binary was
@@ -202,8 +211,7 @@ impl Updater {
             checkout,
             settings,
             process_start_head,
-            applied_head: Mutex::new(head),
-            last: Mutex::new(None),
+            state: Mutex::new(Applied { head, last: None }),
             running: Mutex::new(()),
             exe,
             restart_now: exe_id != exe_before,
@@ -218,7 +226,7 @@ impl Updater {
 
     /// The commit whose build is loaded.
     pub fn applied_head(&self) -> String {
-        lock(&self.applied_head).clone()
+        lock(&self.state).head.clone()
     }
 
     /// HEAD at process start.
@@ -231,9 +239,9 @@ impl Updater {
         git::head(&self.checkout.root).ok()
     }
 
-    /// The latest update result.
-    pub fn last(&self) -> Option<UpdateResult> {
-        lock(&self.last).clone()
+    /// The applied head and the latest result, read together.
+    pub fn applied(&self) -> Applied {
+        lock(&self.state).clone()
     }
 
     /// Runs one update; `None` when another update is running on this host (409).
@@ -247,7 +255,11 @@ impl Updater {
         let result = self.update_locked(runtime, target);
         runtime.pause_watch(false);
         tracing::info!(status = ?result.status, error = ?result.error, "git update finished");
-        *lock(&self.last) = Some(result.clone());
+        let mut state = lock(&self.state);
+        if result.status == UpdateStatus::Updated {
+            state.head = result.after_head.clone().unwrap_or_default();
+        }
+        state.last = Some(result.clone());
         Some(result)
     }
 
@@ -327,7 +339,6 @@ impl Updater {
             .filter(|(path, sha)| before.get(*path) != Some(sha))
             .map(|(p, _)| p.clone())
             .collect();
-        *lock(&self.applied_head) = head;
         result.restart_required = file_id(&self.exe) != self.exe_id;
         result.ok = true;
         result.status = UpdateStatus::Updated;
