@@ -93,6 +93,8 @@ pub struct Registry {
     /// Where private copies go; `None` loads files in place (for `paglets discover`).
     copies_dir: Option<PathBuf>,
     allow_insecure: bool,
+    /// Log refusals as they are found (a host); `paglets discover` prints them itself.
+    log: bool,
     files: BTreeMap<PathBuf, FileSlot>,
     classes: BTreeMap<String, PathBuf>,
     gone: BTreeMap<String, String>,
@@ -132,6 +134,7 @@ impl Registry {
         Ok(Registry {
             copies_dir,
             allow_insecure,
+            log: true,
             files: BTreeMap::new(),
             classes: BTreeMap::new(),
             gone: BTreeMap::new(),
@@ -141,6 +144,12 @@ impl Registry {
         })
     }
 
+    /// Stops logging refusals (the caller reports them).
+    pub fn quiet(mut self) -> Self {
+        self.log = false;
+        self
+    }
+
     /// Scans `dirs` in order: loads new files, reloads changed ones, forgets removed ones.
     /// The first file to provide a class keeps it.
     pub fn scan(&mut self, dirs: &[PathBuf]) -> ScanReport {
@@ -148,7 +157,7 @@ impl Registry {
         let mut seen = Vec::new();
         // Folders refused or unreadable this time: their known files are left as they are.
         let mut held = Vec::new();
-        self.folder_errors.clear();
+        let before = std::mem::take(&mut self.folder_errors);
         for dir in dirs {
             let listed = if !self.allow_insecure && dir.exists() {
                 crate::discovery::check_secure(dir)
@@ -170,6 +179,9 @@ impl Registry {
                         path: dir.clone(),
                         error: error.clone(),
                     });
+                    if self.log && before.get(dir) != Some(&error) {
+                        tracing::warn!("{error}");
+                    }
                     self.folder_errors.insert(dir.clone(), error);
                     held.push(dir.clone());
                 }
@@ -302,6 +314,9 @@ impl Registry {
                 let slot = self.files.entry(path.to_path_buf()).or_default();
                 slot.taken = true;
                 slot.error = Some(err.to_string());
+                if self.log {
+                    tracing::warn!("{err}");
+                }
                 report.errors.push(FileError {
                     path: path.into(),
                     error: err.to_string(),
@@ -344,6 +359,11 @@ impl Registry {
         if slot.retrying {
             // Looked at again on the next scan even if `stat` does not change.
             slot.key = None;
+        }
+        if slot.retrying {
+            tracing::debug!("{err} (retrying)");
+        } else if self.log {
+            tracing::warn!("{err}");
         }
         slot.error = Some(err.to_string());
         report.errors.push(FileError {

@@ -65,11 +65,8 @@ pub fn spawn(runtime: Arc<Runtime>, paths: Vec<PathBuf>) -> notify::Result<()> {
                     continue;
                 }
                 let reply = runtime.rescan();
-                let text = serde_json::to_string(&reply).unwrap_or_default();
-                if text.contains("\"loaded\":[\"")
-                    || text.contains("\"reloaded\":[\"")
-                    || text.contains("\"removed\":[\"")
-                {
+                if reply.changed() {
+                    let text = serde_json::to_string(&reply).unwrap_or_default();
                     tracing::info!("rescan: {text}");
                 }
             }

@@ -55,10 +55,8 @@ pub fn run(args: Box<HostArgs>) -> CommandResult {
         config.workers,
     )
     .context("start the worker pool")?;
-    let scan = runtime.rescan();
-    for error in &scan.errors {
-        tracing::warn!("{}", error.error);
-    }
+    // Each refused file or folder is logged by the registry as it is found.
+    runtime.rescan();
     runtime.restore(persist::load(&config.persistence_dir)?);
     for entry in &config.startup {
         if runtime.exists(&entry.id) {

@@ -126,6 +126,13 @@ pub struct RescanReply {
     pending: Vec<String>,
 }
 
+impl RescanReply {
+    /// True when a library was loaded, reloaded or removed.
+    pub fn changed(&self) -> bool {
+        !(self.loaded.is_empty() && self.reloaded.is_empty() && self.removed.is_empty())
+    }
+}
+
 impl Runtime {
     /// A runtime over `registry`, with `workers` threads for paglet code.
     pub fn new(
