@@ -15,6 +15,9 @@ use crate::registry::LoadedLib;
 
 /// A handler faster than this, every time so far, may run on the HTTP worker directly.
 const INLINE_BELOW: Duration = Duration::from_micros(50);
+/// A message this slow from an eligible instance sends it back to the pool for good (well
+/// above the scheduling hiccups of a busy machine).
+const DEMOTE_AT: Duration = Duration::from_millis(1);
 /// How many fast messages, run on the pool, make an instance eligible.
 const INLINE_AFTER: u32 = 8;
 
@@ -62,7 +65,8 @@ pub struct Slot {
     pub handled: AtomicU64,
     busy: AtomicBool,
     disposed: AtomicBool,
-    /// Fast messages seen in a row; `u32::MAX` once one was slow (never inline again).
+    /// Fast messages seen in a row (capped at `INLINE_AFTER`); `u32::MAX` once a message was
+    /// slow after the instance became eligible (never inline again).
     fast_streak: AtomicU32,
     code: Mutex<Arc<LoadedLib>>,
     paglet: Mutex<Instance>,
@@ -95,24 +99,33 @@ impl Slot {
         }
     }
 
-    /// True when every message so far was fast: the caller may run the next one on its own
-    /// (HTTP) thread instead of handing it to the pool. One slow message ends this for good,
-    /// so a long handler holds an HTTP worker at most once per instance.
+    /// True after enough fast messages in a row: the caller may run the next one on its own
+    /// (HTTP) thread instead of handing it to the pool. One slow message after that ends this
+    /// for good, so a long handler holds an HTTP worker at most once per instance.
     pub fn runs_inline(&self) -> bool {
         let streak = self.fast_streak.load(Ordering::Relaxed);
         (INLINE_AFTER..u32::MAX).contains(&streak)
     }
 
     fn note_duration(&self, took: Duration) {
-        if took >= INLINE_BELOW {
-            self.fast_streak.store(u32::MAX, Ordering::Relaxed);
-        } else {
-            let _ = self
-                .fast_streak
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    (n < INLINE_AFTER).then(|| n + 1)
-                });
-        }
+        let _ = self
+            .fast_streak
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(match n {
+                    u32::MAX => return None,
+                    // Eligible: a slow message sends the instance to the pool for good.
+                    n if n >= INLINE_AFTER => {
+                        if took >= DEMOTE_AT {
+                            u32::MAX
+                        } else {
+                            n
+                        }
+                    }
+                    // Not yet: a slow message (a cold first call, say) restarts the count.
+                    _ if took >= INLINE_BELOW => 0,
+                    n => n + 1,
+                })
+            });
     }
 
     /// The code it runs on.
