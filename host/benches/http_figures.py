@@ -122,6 +122,21 @@ def main():
             rate, p50, errors = wrk(url, "/paglets/bench/messages", body, connections)
             print(f"messages to one counter, {connections} connection(s): {rate:,.0f}/s "
                   f"(p50 {p50}) {' '.join(errors)}")
+        # The same load spread over four counters (each request picks the next one).
+        for n in range(4):
+            call(conn, "POST", "/paglets", {"class": "counter::Counter", "id": f"spread{n}"})
+        spread = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+        spread.write('wrk.method = "POST"\nwrk.body = %s\nn = 0\n'
+                     'request = function()\n  n = n + 1\n'
+                     '  return wrk.format(nil, "/paglets/spread" .. (n %% 4) .. "/messages")\nend\n'
+                     % json.dumps(json.dumps(body)))
+        spread.close()
+        out = subprocess.run(["wrk", "-t", "2", "-c", "4", "-d", "10s", "--latency", "-s", spread.name, url],
+                             capture_output=True, text=True, check=True).stdout
+        os.unlink(spread.name)
+        rate = float(next(l for l in out.splitlines() if l.startswith("Requests/sec")).split()[1])
+        bad = [l for l in out.splitlines() if "Non-2xx" in l]
+        print(f"messages to four counters, 4 connections: {rate:,.0f}/s {' '.join(bad)}")
         rate, p50, errors = wrk(url, "/paglets", {"class": "counter::Counter"}, 1, seconds=5)
         print(f"creating a paglet over HTTP, 1 connection: p50 {p50} ({rate:,.0f}/s) {' '.join(errors)}")
         stop(proc)
