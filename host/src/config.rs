@@ -93,7 +93,7 @@ struct HostSection {
     #[serde(default)]
     tag: Vec<String>,
     #[serde(default)]
-    property: BTreeMap<String, String>,
+    property: Properties,
     api_key_env: Option<String>,
     allow_unauthenticated: Option<bool>,
     persistence_dir: Option<PathBuf>,
@@ -106,6 +106,37 @@ struct HostSection {
     max_body: Option<usize>,
     allow_insecure_paths: Option<bool>,
     workers: Option<usize>,
+}
+
+/// `[host] property`: a table, or a list of `KEY=VALUE` strings like the flag.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Properties {
+    Table(BTreeMap<String, String>),
+    List(Vec<String>),
+}
+
+impl Default for Properties {
+    fn default() -> Self {
+        Properties::Table(BTreeMap::new())
+    }
+}
+
+impl Properties {
+    fn into_map(self) -> Result<BTreeMap<String, String>, UsageError> {
+        match self {
+            Properties::Table(map) => Ok(map),
+            Properties::List(items) => items
+                .into_iter()
+                .map(|item| match item.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                    _ => Err(UsageError(format!(
+                        "[host] property '{item}' is not KEY=VALUE"
+                    ))),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -227,7 +258,7 @@ impl HostConfig {
                 "--host {bind} is not a loopback address and no API key is set; set PAGLETS_API_KEY or pass --allow-unauthenticated"
             )));
         }
-        let mut properties = host.property;
+        let mut properties = host.property.into_map()?;
         properties.extend(args.property);
         let watch = if args.no_watch {
             false
@@ -298,5 +329,21 @@ mod tests {
             "{text}"
         );
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn properties_are_a_table_or_a_list_of_key_value() {
+        let table: super::LaunchFile =
+            toml::from_str("[host]\nproperty = { room = \"42\" }\n").expect("table");
+        let list: super::LaunchFile =
+            toml::from_str("[host]\nproperty = [\"room=42\"]\n").expect("list");
+        for file in [table, list] {
+            let map = file.host.property.into_map().expect("valid");
+            assert_eq!(map.get("room").map(String::as_str), Some("42"));
+        }
+        let bad: super::LaunchFile =
+            toml::from_str("[host]\nproperty = [\"room\"]\n").expect("parses");
+        let err = bad.host.property.into_map().expect_err("not KEY=VALUE");
+        assert!(err.to_string().contains("'room'"), "{err}");
     }
 }

@@ -21,6 +21,8 @@ fn health_classes_and_libraries_describe_the_loaded_examples() {
             "room=42",
             "--mesh-version",
             "m1",
+            "--peer",
+            "http://127.0.0.1:9",
         ],
     );
     let health = host.get("/health");
@@ -34,6 +36,7 @@ fn health_classes_and_libraries_describe_the_loaded_examples() {
         ("tags", json!(["lab"])),
         ("properties", json!({"room": "42"})),
         ("mesh_version", json!("m1")),
+        ("peers", json!(["http://127.0.0.1:9"])),
         ("code_version", json!("m1")),
         ("abi_version", json!(1)),
         ("auto_update_from_git", json!(false)),

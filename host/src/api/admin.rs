@@ -29,6 +29,7 @@ pub async fn health(State(app): State<AppState>) -> Json<Value> {
             .unwrap_or(digest),
         "tags": config.tags,
         "properties": config.properties,
+        "peers": config.peers,
         "paglets": app.runtime.count(),
         "libraries": libraries,
         "auto_update_from_git": updater.is_some(),
