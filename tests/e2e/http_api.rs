@@ -385,13 +385,7 @@ fn a_fast_paglet_waiting_for_a_busy_one_does_not_stall_the_api() {
         assert_eq!(host.send(&hello, "echo", json!({})).status, 200);
     }
     let pi = host.create("pi::Pi", json!({}));
-    let busy = {
-        let (host, pi) = (host.clone(), pi.clone());
-        std::thread::spawn(move || host.send(&pi, "digits", json!({"n": 15000})))
-    };
-    paglets_e2e::wait_for("pi to be busy", || {
-        (host.get(&format!("/paglets/{pi}")).json["busy"] == true).then_some(())
-    });
+    let busy = paglets_e2e::keep_busy(&host, &pi);
     let forward = {
         let (host, hello, pi) = (host.clone(), hello.clone(), pi.clone());
         std::thread::spawn(move || {

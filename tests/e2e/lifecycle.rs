@@ -98,13 +98,7 @@ fn sigterm_lets_the_running_handler_finish_saves_and_the_next_start_restores() {
     let counter = host.create("counter::Counter", json!({"count": 41}));
     host.send(&counter, "increment", Value::Null);
     let pi = host.create("pi::Pi", json!({}));
-    let running = {
-        let (host, pi) = (host.clone(), pi.clone());
-        std::thread::spawn(move || host.send(&pi, "digits", json!({"n": 15000})))
-    };
-    wait_for("pi to be busy", || {
-        (host.get(&format!("/paglets/{pi}")).json["busy"] == true).then_some(())
-    });
+    let running = paglets_e2e::keep_busy(&host, &pi);
     // SAFETY: signalling the child process this test started.
     unsafe { libc::kill(host.pid() as i32, libc::SIGTERM) };
     let answer = running.join().expect("sender");
@@ -156,13 +150,7 @@ fn new_requests_during_shutdown_get_503() {
         &["--shutdown-grace", "20"],
     ));
     let pi = host.create("pi::Pi", json!({}));
-    let running = {
-        let (host, pi) = (host.clone(), pi.clone());
-        std::thread::spawn(move || host.send(&pi, "digits", json!({"n": 15000})))
-    };
-    wait_for("pi to be busy", || {
-        (host.get(&format!("/paglets/{pi}")).json["busy"] == true).then_some(())
-    });
+    let running = paglets_e2e::keep_busy(&host, &pi);
     // SAFETY: signalling the child process this test started.
     unsafe { libc::kill(host.pid() as i32, libc::SIGTERM) };
     let answer = wait_for("a 503", || {

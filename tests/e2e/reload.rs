@@ -166,13 +166,7 @@ fn a_busy_instance_answers_at_once_and_migrates_when_idle() {
     let file = plugins.add(&example("pi"));
     let host = Arc::new(TestHost::start(&[plugins.path()], &[]));
     let id = host.create("pi::Pi", json!({}));
-    let busy = {
-        let (host, id) = (host.clone(), id.clone());
-        std::thread::spawn(move || host.send(&id, "digits", json!({"n": 15000})))
-    };
-    wait_for("the instance to be busy", || {
-        (host.get(&format!("/paglets/{id}")).json["busy"] == true).then_some(())
-    });
+    let busy = paglets_e2e::keep_busy(&host, &id);
     let detail = host.get(&format!("/paglets/{id}")).json;
     assert!(detail.get("state").is_none(), "{detail:?}");
     // The API stays responsive while the handler runs.
@@ -207,13 +201,7 @@ fn two_reloads_while_busy_leave_the_instance_on_the_newest_code() {
     let file = plugins.add(&example("pi"));
     let host = Arc::new(TestHost::start(&[plugins.path()], &[]));
     let id = host.create("pi::Pi", json!({}));
-    let busy = {
-        let (host, id) = (host.clone(), id.clone());
-        std::thread::spawn(move || host.send(&id, "digits", json!({"n": 15000})))
-    };
-    wait_for("the instance to be busy", || {
-        (host.get(&format!("/paglets/{id}")).json["busy"] == true).then_some(())
-    });
+    let busy = paglets_e2e::keep_busy(&host, &id);
     let original = std::fs::read(example("pi")).expect("read");
     for n in 1..=2 {
         let mut bytes = original.clone();

@@ -431,3 +431,16 @@ impl TestHost {
         TestHost::spawn(Some(cwd), paths, args, persistence, env)
     }
 }
+
+/// Sends `pi::Pi` paglet `id` a long computation from another thread and returns once the
+/// paglet is busy with it; join the handle for the answer.
+pub fn keep_busy(host: &std::sync::Arc<TestHost>, id: &str) -> std::thread::JoinHandle<Answer> {
+    let running = {
+        let (host, id) = (host.clone(), id.to_string());
+        std::thread::spawn(move || host.send(&id, "digits", serde_json::json!({"n": 15000})))
+    };
+    wait_for("the paglet to be busy", || {
+        (host.get(&format!("/paglets/{id}")).json["busy"] == true).then_some(())
+    });
+    running
+}
