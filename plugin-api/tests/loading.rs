@@ -1,85 +1,22 @@
 //! The loader against bad and misbehaving library files: each is refused (or its panics are
 //! contained) with the documented [`LoadError`] / [`PagletError`], and the process survives.
 //!
-//! The fixtures live in `tests/fixtures/` (a cargo workspace of their own) and are built once,
-//! on first use, into `tests/fixtures/target`: a separate target dir, so the inner cargo never
-//! waits for the lock of the outer one. The example `counter` library is built into the same
-//! dir through its own manifest (it belongs to the root workspace, so it cannot be a member of
-//! the fixtures workspace). Every test loads a private copy of its file, because glibc
-//! deduplicates `dlopen` by path and libraries are never unloaded.
+//! The fixtures live in `tests/fixtures/` and are built once, on first use, by the end-to-end
+//! harness (`paglets_e2e::fixtures_dir`) into `tests/fixtures/target`. Every test loads a
+//! private copy of its file, because glibc deduplicates `dlopen` by path and libraries are
+//! never unloaded.
 #![cfg(target_os = "linux")]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use plugin_api::loader::{HostContext, Instance, Library};
 use plugin_api::{Hook, LoadError, PAGLETS_ABI, PagletError};
 use tempfile::TempDir;
 
-/// The fixtures' target dir, built on first use (once per test process).
-fn fixtures() -> &'static Path {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match BUILT.get_or_init(build_fixtures) {
-        Ok(dir) => dir,
-        Err(e) => panic!("building the fixtures failed:\n{e}"),
-    }
-}
-
-fn build_fixtures() -> Result<PathBuf, String> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("plugin-api has no parent dir")?;
-    let manifest = repo.join("tests/fixtures/Cargo.toml");
-    let target = repo.join("tests/fixtures/target");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let cargo_build = |manifest: &Path, extra: &[&str]| {
-        let mut cmd = Command::new(&cargo);
-        cmd.arg("build")
-            .arg("--manifest-path")
-            .arg(manifest)
-            .arg("--target-dir")
-            .arg(&target)
-            .args(extra);
-        cmd
-    };
-    run(cargo_build(&manifest, &[]))?;
-    run(cargo_build(
-        &manifest,
-        &["--profile", "abort", "-p", "abort"],
-    ))?;
-    run(cargo_build(
-        &repo.join("example-paglets/counter/Cargo.toml"),
-        &[],
-    ))?;
-    let plain = target.join("plain-c");
-    std::fs::create_dir_all(&plain).map_err(|e| format!("{}: {e}", plain.display()))?;
-    let mut cc = Command::new("cc");
-    cc.args(["-shared", "-fPIC", "-o"])
-        .arg(plain.join("libplain.so"))
-        .arg(repo.join("tests/fixtures/plain-c/plain.c"));
-    run(cc)?;
-    Ok(target)
-}
-
-fn run(mut cmd: Command) -> Result<(), String> {
-    let output = cmd
-        .output()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd:?} failed ({}):\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
-}
-
 /// A built fixture file, e.g. `debug/libpanicky.so`.
 fn fixture(relative: &str) -> PathBuf {
-    let path = fixtures().join(relative);
+    let path = paglets_e2e::fixtures_dir().join(relative);
     assert!(path.is_file(), "{} was not built", path.display());
     path
 }

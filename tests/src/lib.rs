@@ -65,22 +65,51 @@ pub fn example(name: &str) -> PathBuf {
 /// The example crates.
 pub const EXAMPLES: [&str; 4] = ["counter", "hello", "server-info", "pi"];
 
-/// A misbehaving fixture library from `tests/fixtures/`, built once per test run.
-pub fn fixture(name: &str) -> PathBuf {
+/// The target dir of the fixture libraries, built once per test process:
+/// `tests/fixtures/` (a cargo workspace of its own, in the dev profile and, for the `abort`
+/// crate, the `abort` profile), the example `counter` through its own manifest, and
+/// `plain-c/libplain.so` (a C library that is not a paglet library) with `cc`. A target dir of
+/// their own, so the nested cargo never waits for the outer one's lock.
+pub fn fixtures_dir() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
+    BUILT.get_or_init(|| {
         let fixtures = root().join("tests/fixtures");
         let target = fixtures.join("target");
-        run_ok(
-            Command::new(env!("CARGO"))
+        let cargo_build = |manifest: &Path, extra: &[&str]| {
+            let mut command = Command::new(env!("CARGO"));
+            command
                 .args(["build", "--quiet", "--manifest-path"])
-                .arg(fixtures.join("Cargo.toml"))
-                .arg("--target-dir")
-                .arg(&target),
+                .arg(manifest);
+            command.arg("--target-dir").arg(&target).args(extra);
+            command
+        };
+        let manifest = fixtures.join("Cargo.toml");
+        run_ok(&mut cargo_build(&manifest, &[]));
+        run_ok(&mut cargo_build(
+            &manifest,
+            &["--profile", "abort", "-p", "abort"],
+        ));
+        run_ok(&mut cargo_build(
+            &root().join("example-paglets/counter/Cargo.toml"),
+            &[],
+        ));
+        let plain = target.join("plain-c");
+        std::fs::create_dir_all(&plain).expect("create the plain-c output dir");
+        run_ok(
+            Command::new("cc")
+                .args(["-shared", "-fPIC", "-o"])
+                .arg(plain.join("libplain.so"))
+                .arg(fixtures.join("plain-c/plain.c")),
         );
-        target.join("debug")
-    });
-    let path = dir.join(format!("lib{}.so", name.replace('-', "_")));
+        target
+    })
+}
+
+/// A misbehaving fixture library from `tests/fixtures/` (dev profile), e.g. `"panicky"`.
+pub fn fixture(name: &str) -> PathBuf {
+    let path = fixtures_dir()
+        .join("debug")
+        .join(format!("lib{}.so", name.replace('-', "_")));
     assert!(path.is_file(), "fixture {} was not built", path.display());
     path
 }
