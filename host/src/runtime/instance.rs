@@ -159,7 +159,8 @@ impl Slot {
         }))
     }
 
-    /// Queues a job (`front` for migrations, which go before queued messages) and makes sure a worker drains the mailbox.
+    /// Queues a job (`front` for migrations, which go before queued messages) and makes sure
+    /// a worker drains the mailbox.
     pub fn push(self: &Arc<Self>, job: Job, front: bool, pool: &Pool) {
         let mut mailbox = lock(&self.mailbox);
         if front {
@@ -244,16 +245,15 @@ impl Slot {
                 self.handled.fetch_add(1, Ordering::Relaxed);
                 reply(result);
             }
-            Job::Migrate { lib, ctx, done } => {
-                let result = migrate(&mut paglet, &self.class, &lib, ctx());
-                if let Ok(fresh) = result {
+            Job::Migrate { lib, ctx, done } => match migrate(&mut paglet, &self.class, &lib, ctx())
+            {
+                Ok(fresh) => {
                     *paglet = fresh;
                     *lock(&self.code) = lib;
                     done(Ok(()));
-                } else if let Err(e) = result {
-                    done(Err(e));
                 }
-            }
+                Err(e) => done(Err(e)),
+            },
             Job::Dispose { reply } => {
                 self.disposed.store(true, Ordering::Release);
                 reply(paglet.hook(Hook::Disposing));
