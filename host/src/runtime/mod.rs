@@ -1,6 +1,7 @@
 //! The runtime: the instance table, create/send/dispose, reload migration and the host
 //! context paglets talk to.
 
+mod context;
 mod instance;
 mod pool;
 
@@ -10,13 +11,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use plugin_api::loader::HostContext;
 use plugin_api::{Hook, PagletError};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::persist::Saved;
 use crate::registry::{ClassError, FileError, Registry, unix_seconds};
+pub use context::HostCtx;
 pub use instance::Slot;
 use instance::{Job, Replier};
 use pool::Pool;
@@ -270,59 +271,6 @@ impl Runtime {
         Ok(())
     }
 
-    /// A message from paglet `from` (inside its handler) to `to`: runs inline when `to` is
-    /// idle, otherwise waits for it (bounded). Cycles are refused.
-    fn send_from(
-        &self,
-        from: &str,
-        to: &str,
-        kind: &str,
-        args: &str,
-    ) -> Result<String, PagletError> {
-        let mut chain = self.slot(from).map(|s| s.chain()).unwrap_or_default();
-        chain.push(from.to_string());
-        if chain.iter().any(|id| id == to) {
-            return Err(PagletError::Failed(format!(
-                "cycle: {to} is already handling a message in this call chain ({})",
-                chain.join(" -> ")
-            )));
-        }
-        let target = self
-            .slot(to)
-            .map_err(|e| PagletError::Failed(e.to_string()))?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let job = Job::Message {
-            kind: kind.into(),
-            args: args.into(),
-            chain,
-            reply: Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        };
-        if target.try_claim() {
-            target.run(job);
-            target.release(&self.pool);
-        } else {
-            target.push(job, false, &self.pool);
-        }
-        let wait = || rx.recv_timeout(SEND_TIMEOUT);
-        // The sender may be a fast handler running on an HTTP worker (see `send`): tell
-        // tokio before blocking it, so the worker's other tasks move to another thread.
-        let on_tokio_worker = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let answer = if on_tokio_worker {
-            tokio::task::block_in_place(wait)
-        } else {
-            wait()
-        };
-        answer.unwrap_or_else(|_| {
-            Err(PagletError::Failed(format!(
-                "no reply from {to} within {}s",
-                SEND_TIMEOUT.as_secs()
-            )))
-        })
-    }
-
     /// Removes a paglet at once and runs its disposing hook after the messages queued before.
     pub fn dispose(&self, id: &str, reply: Replier<()>) -> Result<(), RuntimeError> {
         let slot = {
@@ -513,67 +461,5 @@ impl Runtime {
             }
         }
         saved
-    }
-}
-
-/// The host context of one instance.
-pub struct HostCtx {
-    runtime: Weak<Runtime>,
-    id: String,
-    class: String,
-}
-
-impl HostCtx {
-    fn runtime(&self) -> Result<Arc<Runtime>, PagletError> {
-        self.runtime
-            .upgrade()
-            .ok_or_else(|| PagletError::Failed("the host is stopping".into()))
-    }
-}
-
-impl HostContext for HostCtx {
-    fn id(&self) -> String {
-        self.id.clone()
-    }
-
-    fn host_name(&self) -> String {
-        self.runtime
-            .upgrade()
-            .map(|r| r.host_name.clone())
-            .unwrap_or_default()
-    }
-
-    fn send(&self, to: &str, kind: &str, args: &str) -> Result<String, PagletError> {
-        self.runtime()?.send_from(&self.id, to, kind, args)
-    }
-
-    fn create(&self, class: &str, state: &str, id: Option<&str>) -> Result<String, PagletError> {
-        let state: Value = serde_json::from_str(state)
-            .map_err(|e| PagletError::InvalidArgs(format!("state is not JSON: {e}")))?;
-        self.runtime()?
-            .create(class, Some(&state), id, false)
-            .map_err(|e| match e {
-                RuntimeError::Paglet(e) => e,
-                other => PagletError::Failed(other.to_string()),
-            })
-    }
-
-    fn log(&self, level: tracing::Level, target: &str, message: &str) {
-        let (id, class) = (self.id.as_str(), self.class.as_str());
-        match level {
-            tracing::Level::ERROR => {
-                tracing::error!(paglet = id, class, source = target, "{message}")
-            }
-            tracing::Level::WARN => {
-                tracing::warn!(paglet = id, class, source = target, "{message}")
-            }
-            tracing::Level::INFO => {
-                tracing::info!(paglet = id, class, source = target, "{message}")
-            }
-            tracing::Level::DEBUG => {
-                tracing::debug!(paglet = id, class, source = target, "{message}")
-            }
-            _ => tracing::trace!(paglet = id, class, source = target, "{message}"),
-        }
     }
 }

@@ -1,0 +1,128 @@
+//! What a paglet may ask of its host, host side: `HostCtx` (one per instance) and the
+//! paglet-to-paglet send with its call chain.
+
+use std::sync::{Arc, Weak};
+
+use plugin_api::PagletError;
+use plugin_api::loader::HostContext;
+use serde_json::Value;
+
+use super::instance::Job;
+use super::{Runtime, RuntimeError, SEND_TIMEOUT};
+
+impl Runtime {
+    /// A message from paglet `from` (inside its handler) to `to`: runs inline when `to` is
+    /// idle, otherwise waits for it (bounded). Cycles are refused.
+    fn send_from(
+        &self,
+        from: &str,
+        to: &str,
+        kind: &str,
+        args: &str,
+    ) -> Result<String, PagletError> {
+        let mut chain = self.slot(from).map(|s| s.chain()).unwrap_or_default();
+        chain.push(from.to_string());
+        if chain.iter().any(|id| id == to) {
+            return Err(PagletError::Failed(format!(
+                "cycle: {to} is already handling a message in this call chain ({})",
+                chain.join(" -> ")
+            )));
+        }
+        let target = self
+            .slot(to)
+            .map_err(|e| PagletError::Failed(e.to_string()))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let job = Job::Message {
+            kind: kind.into(),
+            args: args.into(),
+            chain,
+            reply: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        };
+        if target.try_claim() {
+            target.run(job);
+            target.release(&self.pool);
+        } else {
+            target.push(job, false, &self.pool);
+        }
+        let wait = || rx.recv_timeout(SEND_TIMEOUT);
+        // The sender may be a fast handler running on an HTTP worker (see `send`): tell
+        // tokio before blocking it, so the worker's other tasks move to another thread.
+        let on_tokio_worker = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let answer = if on_tokio_worker {
+            tokio::task::block_in_place(wait)
+        } else {
+            wait()
+        };
+        answer.unwrap_or_else(|_| {
+            Err(PagletError::Failed(format!(
+                "no reply from {to} within {}s",
+                SEND_TIMEOUT.as_secs()
+            )))
+        })
+    }
+}
+
+/// The host context of one instance.
+pub struct HostCtx {
+    pub(super) runtime: Weak<Runtime>,
+    pub(super) id: String,
+    pub(super) class: String,
+}
+
+impl HostCtx {
+    fn runtime(&self) -> Result<Arc<Runtime>, PagletError> {
+        self.runtime
+            .upgrade()
+            .ok_or_else(|| PagletError::Failed("the host is stopping".into()))
+    }
+}
+
+impl HostContext for HostCtx {
+    fn id(&self) -> String {
+        self.id.clone()
+    }
+
+    fn host_name(&self) -> String {
+        self.runtime
+            .upgrade()
+            .map(|r| r.host_name.clone())
+            .unwrap_or_default()
+    }
+
+    fn send(&self, to: &str, kind: &str, args: &str) -> Result<String, PagletError> {
+        self.runtime()?.send_from(&self.id, to, kind, args)
+    }
+
+    fn create(&self, class: &str, state: &str, id: Option<&str>) -> Result<String, PagletError> {
+        let state: Value = serde_json::from_str(state)
+            .map_err(|e| PagletError::InvalidArgs(format!("state is not JSON: {e}")))?;
+        self.runtime()?
+            .create(class, Some(&state), id, false)
+            .map_err(|e| match e {
+                RuntimeError::Paglet(e) => e,
+                other => PagletError::Failed(other.to_string()),
+            })
+    }
+
+    fn log(&self, level: tracing::Level, target: &str, message: &str) {
+        let (id, class) = (self.id.as_str(), self.class.as_str());
+        match level {
+            tracing::Level::ERROR => {
+                tracing::error!(paglet = id, class, source = target, "{message}")
+            }
+            tracing::Level::WARN => {
+                tracing::warn!(paglet = id, class, source = target, "{message}")
+            }
+            tracing::Level::INFO => {
+                tracing::info!(paglet = id, class, source = target, "{message}")
+            }
+            tracing::Level::DEBUG => {
+                tracing::debug!(paglet = id, class, source = target, "{message}")
+            }
+            _ => tracing::trace!(paglet = id, class, source = target, "{message}"),
+        }
+    }
+}
