@@ -183,6 +183,20 @@ fn read_launch_file(explicit: Option<&Path>) -> Result<(LaunchFile, PathBuf), Us
     Ok((file, base))
 }
 
+/// The API key, for the host and the clients alike: from the variable `--api-key-env` names
+/// (which must be set), else from `PAGLETS_API_KEY`; an empty value means no key.
+pub fn api_key(api_key_env: Option<&str>) -> Result<Option<String>, UsageError> {
+    let key = match api_key_env {
+        Some(var) => Some(std::env::var(var).map_err(|_| {
+            UsageError(format!(
+                "--api-key-env {var}: the environment variable is not set"
+            ))
+        })?),
+        None => std::env::var("PAGLETS_API_KEY").ok(),
+    };
+    Ok(key.filter(|key| !key.is_empty()))
+}
+
 fn is_loopback(host: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
@@ -238,15 +252,7 @@ impl HostConfig {
                 ),
             });
         let api_key_env = args.api_key_env.or(host.api_key_env);
-        let api_key = match &api_key_env {
-            Some(var) => Some(std::env::var(var).map_err(|_| {
-                UsageError(format!(
-                    "--api-key-env {var}: the environment variable is not set"
-                ))
-            })?),
-            None => std::env::var("PAGLETS_API_KEY").ok(),
-        }
-        .filter(|key| !key.is_empty());
+        let api_key = api_key(api_key_env.as_deref())?;
         let bind = args
             .host
             .or(host.host)

@@ -10,15 +10,7 @@ use super::{CommandResult, Exit, Failure};
 use crate::cli::{ClientArgs, CreateArgs, DisposeArgs, SendArgs};
 
 fn api_key(args: &ClientArgs) -> Result<Option<String>, Failure> {
-    let key = match &args.api_key_env {
-        Some(var) => std::env::var(var).map(Some).map_err(|_| {
-            Failure::Usage(format!(
-                "--api-key-env {var}: the environment variable is not set"
-            ))
-        })?,
-        None => std::env::var("PAGLETS_API_KEY").ok(),
-    };
-    Ok(key.filter(|k| !k.is_empty()))
+    crate::config::api_key(args.api_key_env.as_deref()).map_err(|e| Failure::Usage(e.0))
 }
 
 /// One call; a 2xx answer's JSON (or `null` for 204), anything else a failure with the
