@@ -73,8 +73,15 @@ fn modified_within(path: &Path, window: Duration) -> bool {
         .is_some_and(|age| age < window)
 }
 
-/// Identity of a file's contents as `stat` sees them: size, mtime and inode.
-type StatKey = (u64, i64, i64, u64);
+/// Identity of a file's contents as `stat` sees them: size, mtime and inode. Cheap next to
+/// hashing, and replacing or rewriting a file changes it.
+pub type StatKey = (u64, i64, i64, u64);
+
+/// The [`StatKey`] of `path`, or `None` when it cannot be read.
+pub fn stat_key(path: &Path) -> Option<StatKey> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
+}
 
 #[derive(Debug, Default)]
 struct FileSlot {
@@ -229,9 +236,8 @@ impl Registry {
     }
 
     fn scan_file(&mut self, path: &Path, retry_taken: bool, report: &mut ScanReport) {
-        let key = match std::fs::metadata(path) {
-            Ok(m) => (m.len(), m.mtime(), m.mtime_nsec(), m.ino()),
-            Err(_) => return, // vanished since the listing; the next scan forgets it
+        let Some(key) = stat_key(path) else {
+            return; // vanished since the listing; the next scan forgets it
         };
         if !self.files.contains_key(path) {
             let mut slot = self.retired.remove(path).unwrap_or_default();

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::registry::{StatKey, stat_key};
 use crate::runtime::Runtime;
 
 /// The outcome of an update; its serde form is the contract's status string.
@@ -146,19 +147,9 @@ pub struct Updater {
     exe: PathBuf,
     /// The executable's identity after the startup build: a change means the binary was
     /// rebuilt.
-    exe_id: Option<FileId>,
+    exe_id: Option<StatKey>,
     /// The startup build rebuilt the binary: re-execute before serving.
     restart_now: bool,
-}
-
-/// What `stat` says about a file's contents: size, mtime and inode. Cheap next to hashing a
-/// 100 MB debug binary, and cargo's replacement of a binary changes all three.
-type FileId = (u64, i64, i64, u64);
-
-fn file_id(path: &std::path::Path) -> Option<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -176,7 +167,7 @@ impl Updater {
             .map_err(|e| StartupError::Failed(format!("--auto-update-from-git: {e}")))?;
         let exe = std::env::current_exe()
             .map_err(|e| StartupError::Failed(format!("own executable: {e}")))?;
-        let exe_before = file_id(&exe);
+        let exe_before = stat_key(&exe);
         let process_start_head = git::head(&checkout.root).map_err(StartupError::Failed)?;
         let _lock = lock::acquire(&checkout.common_dir, settings.lock_timeout, true)
             .map_err(|e| StartupError::Failed(e.to_string()))?;
@@ -206,7 +197,7 @@ impl Updater {
         }
         let head = git::head(&checkout.root).map_err(StartupError::Failed)?;
         tracing::info!(repo = %checkout.root.display(), head, "checkout up to date and built");
-        let exe_id = file_id(&exe);
+        let exe_id = stat_key(&exe);
         Ok(Updater {
             checkout,
             settings,
@@ -339,7 +330,7 @@ impl Updater {
             .filter(|(path, sha)| before.get(*path) != Some(sha))
             .map(|(p, _)| p.clone())
             .collect();
-        result.restart_required = file_id(&self.exe) != self.exe_id;
+        result.restart_required = stat_key(&self.exe) != self.exe_id;
         result.ok = true;
         result.status = UpdateStatus::Updated;
         result
