@@ -3,13 +3,14 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use plugin_api::loader::{HostContext, Instance};
 use plugin_api::{Hook, PagletError};
 use serde_json::Value;
 
+use super::lock;
 use super::pool::Pool;
 use crate::registry::LoadedLib;
 
@@ -73,12 +74,6 @@ pub struct Slot {
     mailbox: Mutex<Mailbox>,
     /// The call chain of the message being handled, for cycle checks.
     chain: Mutex<Vec<String>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Host code holding these locks does not panic (plugin panics are caught on the plugin
-    // side), and the data stays consistent if it did: take it over.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Slot {

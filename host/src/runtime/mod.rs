@@ -68,7 +68,10 @@ pub struct Runtime {
     me: Weak<Runtime>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `mutex`, taking it over if a panicking holder poisoned it: host code never panics
+/// while holding these locks (plugin panics are caught in the plugin), and the data stays
+/// consistent if it did.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -157,16 +160,20 @@ impl Runtime {
         }))
     }
 
+    /// The instance table, read-locked.
+    fn table(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Slot>>> {
+        self.instances
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The registry, locked.
     pub fn registry(&self) -> MutexGuard<'_, Registry> {
         lock(&self.registry)
     }
 
     fn slot(&self, id: &str) -> Result<Arc<Slot>, RuntimeError> {
-        let instances = self
-            .instances
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let instances = self.table();
         instances
             .get(id)
             .cloned()
@@ -188,10 +195,7 @@ impl Runtime {
 
     /// Number of live paglets.
     pub fn count(&self) -> usize {
-        self.instances
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.table().len()
     }
 
     /// Creates a paglet and runs its creation hook (or, with `restored`, its arrival hook).
@@ -288,10 +292,7 @@ impl Runtime {
 
     /// Every live paglet.
     pub fn list(&self) -> Vec<PagletSummary> {
-        let instances = self
-            .instances
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let instances = self.table();
         let mut list: Vec<_> = instances
             .values()
             .map(|s| PagletSummary {
@@ -329,10 +330,7 @@ impl Runtime {
         let mut waiting = Vec::new();
         for lib in &report.reloaded {
             let slots: Vec<Arc<Slot>> = {
-                let instances = self
-                    .instances
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner);
+                let instances = self.table();
                 instances
                     .values()
                     .filter(|s| s.code().source == lib.source)
@@ -435,10 +433,7 @@ impl Runtime {
     pub fn snapshot(&self, grace: Duration) -> Vec<Saved> {
         let deadline = Instant::now() + grace;
         let slots: Vec<Arc<Slot>> = {
-            let instances = self
-                .instances
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
+            let instances = self.table();
             instances.values().cloned().collect()
         };
         while slots.iter().any(|s| !s.is_idle()) && Instant::now() < deadline {

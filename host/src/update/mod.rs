@@ -10,13 +10,13 @@ pub mod lock;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Mutex, TryLockError};
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::registry::{StatKey, stat_key};
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, lock};
 
 /// The outcome of an update; its serde form is the contract's status string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -150,10 +150,6 @@ pub struct Updater {
     exe_id: Option<StatKey>,
     /// The startup build rebuilt the binary: re-execute before serving.
     restart_now: bool,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Updater {
