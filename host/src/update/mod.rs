@@ -8,7 +8,6 @@ pub mod build;
 pub mod git;
 pub mod lock;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, TryLockError};
 use std::time::Duration;
@@ -301,7 +300,7 @@ impl Updater {
             result.status = UpdateStatus::Current;
             return result;
         }
-        let before = loaded_shas(runtime);
+        let before = runtime.registry().loaded_shas();
         let outcome = build::run(
             &self.settings.build_command,
             root,
@@ -320,7 +319,7 @@ impl Updater {
                 scan.migration_failed
             );
         }
-        let after = loaded_shas(runtime);
+        let after = runtime.registry().loaded_shas();
         result.reloaded = after
             .iter()
             .filter(|(path, sha)| before.get(*path) != Some(sha))
@@ -336,8 +335,4 @@ impl Updater {
     pub fn exe(&self) -> &std::path::Path {
         &self.exe
     }
-}
-
-fn loaded_shas(runtime: &Runtime) -> BTreeMap<PathBuf, String> {
-    runtime.registry().loaded_shas()
 }
