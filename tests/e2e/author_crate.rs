@@ -96,7 +96,7 @@ fn cargo_toml(plugin_api: &Path) -> String {
 name = "my-paglet"
 version = "0.1.0"
 edition = "2024"
-rust-version = "1.85"
+rust-version = "1.95"
 
 # Not a member of any enclosing workspace: this crate is its own workspace root.
 [workspace]
