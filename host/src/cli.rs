@@ -116,6 +116,9 @@ pub struct DiscoverArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Accept a folder that holds no library (exit 0 instead of 1).
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 /// Options every client command takes.

@@ -210,9 +210,9 @@ impl HostConfig {
         let name = args.name.or(host.name).ok_or_else(|| {
             UsageError("--name is required (or [host] name in the launch config)".into())
         })?;
-        if name.is_empty() || name.contains('/') {
+        if !crate::runtime::valid_id(&name) {
             return Err(UsageError(format!(
-                "--name '{name}' must be non-empty without '/'"
+                "--name '{name}': use 1 to 128 of A-Z a-z 0-9 . _ - (not . or ..); the name is a folder of the persistence dir"
             )));
         }
         let paths: Vec<PathBuf> = if !args.paths.is_empty() {

@@ -2,8 +2,9 @@
 //! the good libraries beside them.
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
-use paglets_e2e::{PluginDir, TestHost, example, fixture, wait_for};
+use paglets_e2e::{PluginDir, TestHost, example, fixture, paglets, wait_for};
 use serde_json::{Value, json};
 
 fn library_error(host: &TestHost, file: &str) -> Option<String> {
@@ -202,4 +203,82 @@ fn a_folder_that_turns_world_writable_keeps_what_it_had_loaded() {
             .status,
         201
     );
+}
+
+#[test]
+fn group_writable_and_foreign_files_and_folders_are_refused_and_the_rest_served() {
+    let plugins = PluginDir::new();
+    plugins.add(&example("counter"));
+    let group = plugins.add(&example("hello"));
+    let mode = std::fs::metadata(&group)
+        .expect("stat")
+        .permissions()
+        .mode();
+    std::fs::set_permissions(&group, std::fs::Permissions::from_mode(mode | 0o020))
+        .expect("chmod g+w");
+    let foreign = plugins.add(&example("pi"));
+    std::os::unix::fs::chown(&foreign, Some(65534), None).expect("chown");
+    let others = PluginDir::new();
+    others.add(&example("server-info"));
+    std::os::unix::fs::chown(others.path(), Some(65534), None).expect("chown");
+    let refusals = |errors: &Value| {
+        let errors = errors.as_array().cloned().unwrap_or_default();
+        let find = |path: &Path| {
+            errors
+                .iter()
+                .find(|e| e["path"] == json!(path))
+                .and_then(|e| e["error"].as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        (find(&group), find(&foreign), find(others.path()))
+    };
+    let check = |(group_err, foreign_err, folder_err): (String, String, String)| {
+        assert!(group_err.contains("writable by its group"), "{group_err:?}");
+        assert!(
+            foreign_err.contains("another user (uid 65534)"),
+            "{foreign_err:?}"
+        );
+        assert!(
+            folder_err.contains("another user (uid 65534)"),
+            "{folder_err:?}"
+        );
+    };
+
+    let host = TestHost::start(&[plugins.path(), others.path()], &[]);
+    let id = host.create("counter::Counter", json!({}));
+    assert_eq!(
+        host.send(&id, "increment", Value::Null).json["reply"]["count"],
+        1
+    );
+    for class in ["hello::Hello", "pi::Pi", "server_info::ServerInfo"] {
+        let answer = host.post("/paglets", &json!({"class": class}));
+        assert_eq!(answer.status, 404, "{class}: {:?}", answer.json);
+    }
+    let libraries: Value = host
+        .get("/libraries")
+        .json
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|l| l.get("error").is_some())
+        .map(|l| json!({"path": l["path"], "error": l["error"]}))
+        .collect();
+    check(refusals(&libraries));
+    let log = host.log();
+    assert!(
+        log.contains("writable by its group") && log.contains("uid 65534"),
+        "{log}"
+    );
+
+    let output = paglets(&[
+        "discover",
+        "--paths",
+        plugins.path().to_str().expect("utf-8"),
+        others.path().to_str().expect("utf-8"),
+        "--json",
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("json");
+    check(refusals(&report["errors"]));
 }

@@ -135,3 +135,29 @@ fn a_library_that_prints_while_loading_leaves_the_json_clean() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("noisy default"), "stderr: {stderr}");
 }
+
+#[test]
+fn a_folder_without_libraries_is_exit_1_unless_empty_is_allowed() {
+    let empty = PluginDir::new();
+    empty.write("notes.txt", b"no libraries here");
+    let full = PluginDir::new();
+    full.add(&example("counter"));
+    let (empty_dir, full_dir) = (
+        empty.path().to_str().expect("utf-8"),
+        full.path().to_str().expect("utf-8"),
+    );
+    let output = paglets(&["discover", "--paths", full_dir, empty_dir, "--json"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(report["errors"][0]["path"], empty_dir, "{report}");
+    let error = report["errors"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("no paglet libraries in {empty_dir}")),
+        "{report}"
+    );
+    let table = paglets(&["discover", "--paths", empty_dir]);
+    assert_eq!(table.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&table.stdout).contains("no paglet libraries in"));
+    let allowed = paglets(&["discover", "--paths", full_dir, empty_dir, "--allow-empty"]);
+    assert_eq!(allowed.status.code(), Some(0), "{allowed:?}");
+}

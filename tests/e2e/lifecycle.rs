@@ -41,18 +41,30 @@ fn rejected_combinations_exit_2_with_a_reason() {
         stderr.contains("colour") && stderr.contains("launch.toml"),
         "{stderr}"
     );
-    // With a key, a non-loopback bind is allowed (checked by asking for a bad port instead
-    // of binding every interface).
+    // Names follow the id rule: `.` would make the persistence dir another host's folder.
+    for name in [".", "..", "a/b", "", &"n".repeat(129), "white space"] {
+        let stderr = refused(&["--name", name], p, &[]);
+        assert!(stderr.contains("--name"), "{name:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_non_loopback_bind_with_a_key_is_allowed() {
+    let dir = tempfile::tempdir().expect("temp dir");
     let plugins = PluginDir::with_examples();
-    let output = host_command(
-        &[plugins.path()],
-        &["--host", "0.0.0.0", "--name", "x", "--bogus"],
-        p,
-    )
-    .env("PAGLETS_API_KEY", "k")
-    .output()
-    .expect("run");
-    assert_eq!(output.status.code(), Some(2));
+    let mut child = host_command(&[plugins.path()], &["--host", "0.0.0.0"], dir.path())
+        .env("PAGLETS_API_KEY", "k")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("piped");
+    let mut line = String::new();
+    let read = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+    let _ = child.kill();
+    let _ = child.wait();
+    read.expect("read the first line");
+    assert!(line.contains("listening at http://0.0.0.0:"), "{line:?}");
 }
 
 #[test]

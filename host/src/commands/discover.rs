@@ -3,12 +3,13 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 
 use super::{CommandResult, Exit, Failure};
 use crate::cli::DiscoverArgs;
-use crate::registry::{DiscoverReport, Registry};
+use crate::registry::{DiscoverReport, FileError, Registry};
 
 /// The top-level entry point for `paglets discover`.
 pub fn run(args: DiscoverArgs) -> CommandResult {
@@ -24,7 +25,10 @@ pub fn run(args: DiscoverArgs) -> CommandResult {
     let mut registry = Registry::new(None, false)
         .context("set up the registry")?
         .quiet();
-    let scan = registry.scan(&args.paths);
+    let mut scan = registry.scan(&args.paths);
+    if !args.allow_empty {
+        scan.errors.extend(empty_folders(&args.paths, &scan.errors));
+    }
     let report = DiscoverReport {
         libraries: registry
             .library_views()
@@ -45,6 +49,23 @@ pub fn run(args: DiscoverArgs) -> CommandResult {
     } else {
         Exit::Failed
     })
+}
+
+/// An error for each folder holding no candidate library (and not refused already): a CI
+/// check over an empty folder would otherwise pass while checking nothing.
+fn empty_folders(dirs: &[PathBuf], known: &[FileError]) -> Vec<FileError> {
+    dirs.iter()
+        .filter(|dir| !known.iter().any(|e| e.path == **dir))
+        .filter(|dir| crate::discovery::candidates(dir).is_ok_and(|c| c.is_empty()))
+        .map(|dir| FileError {
+            path: dir.clone(),
+            error: format!(
+                "no paglet libraries in {} (no *{} files; --allow-empty accepts an empty folder)",
+                dir.display(),
+                std::env::consts::DLL_SUFFIX
+            ),
+        })
+        .collect()
 }
 
 /// Points fd 1 at stderr until `finish`, which writes to the real stdout.

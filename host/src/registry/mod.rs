@@ -137,10 +137,8 @@ impl Registry {
     /// kept there; the folder's leftovers from earlier runs are pruned.
     pub fn new(copies_dir: Option<PathBuf>, allow_insecure: bool) -> std::io::Result<Self> {
         if let Some(dir) = &copies_dir {
-            if dir.exists() {
-                std::fs::remove_dir_all(dir)?;
-            }
             std::fs::create_dir_all(dir)?;
+            copy::prune(dir)?;
         }
         Ok(Registry {
             copies_dir,

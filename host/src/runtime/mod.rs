@@ -43,7 +43,7 @@ pub enum RuntimeError {
     #[error("a paglet with id '{0}' already exists")]
     Duplicate(String),
     /// The id is malformed.
-    #[error("invalid paglet id '{0}': use 1 to 128 of A-Z a-z 0-9 . _ -")]
+    #[error("invalid paglet id '{0}': use 1 to 128 of A-Z a-z 0-9 . _ - (not . or ..)")]
     BadId(String),
     /// The paglet answered with an error.
     #[error(transparent)]
@@ -75,9 +75,12 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Checks a paglet id against `[A-Za-z0-9._-]{1,128}`.
+/// The id rule, for paglet ids and host names alike: `[A-Za-z0-9._-]{1,128}`, and not `.`
+/// or `..` (either would name a folder other than its own when joined into a path or URL).
 pub fn valid_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
+        && id != "."
+        && id != ".."
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
