@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::{ApiError, AppState, JsonBody, blocking};
+use crate::runtime::Origin;
 
 /// `POST /paglets` body.
 #[derive(Deserialize)]
@@ -42,7 +43,12 @@ pub async fn create(
     let rt = app.runtime.clone();
     let class = body.class.clone();
     let id = blocking(move || {
-        Ok(rt.create(&body.class, body.state.as_ref(), body.id.as_deref(), false)?)
+        Ok(rt.create(
+            &body.class,
+            body.state.as_ref(),
+            body.id.as_deref(),
+            Origin::New,
+        )?)
     })
     .await?;
     Ok((StatusCode::CREATED, Json(json!({"id": id, "class": class}))).into_response())

@@ -12,7 +12,7 @@ use crate::cli::HostArgs;
 use crate::config::HostConfig;
 use crate::persist::{self, DirLock, LockError};
 use crate::registry::Registry;
-use crate::runtime::Runtime;
+use crate::runtime::{Origin, Runtime};
 use crate::update::Updater;
 
 /// Set in the environment of a host re-executed because its startup build rebuilt it.
@@ -62,7 +62,12 @@ pub fn run(args: Box<HostArgs>) -> CommandResult {
         if runtime.exists(&entry.id) {
             continue;
         }
-        match runtime.create(&entry.class, entry.state.as_ref(), Some(&entry.id), false) {
+        match runtime.create(
+            &entry.class,
+            entry.state.as_ref(),
+            Some(&entry.id),
+            Origin::New,
+        ) {
             Ok(id) => tracing::info!(paglet = %id, class = %entry.class, "created at startup"),
             Err(e) => tracing::error!(class = %entry.class, "startup paglet not created: {e}"),
         }

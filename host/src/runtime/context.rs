@@ -1,14 +1,14 @@
-//! What a paglet may ask of its host, host side: `HostCtx` (one per instance) and the
+//! What a paglet may ask of its host, host side: [`HostContext`] (one per paglet) and the
 //! paglet-to-paglet send with its call chain.
 
 use std::sync::{Arc, Weak};
 
 use plugin_api::PagletError;
-use plugin_api::loader::HostContext;
+use plugin_api::loader;
 use serde_json::Value;
 
-use super::instance::Job;
-use super::{Runtime, RuntimeError, SEND_TIMEOUT};
+use super::paglet::{Job, QueueAt};
+use super::{Origin, Runtime, RuntimeError, SEND_TIMEOUT};
 
 impl Runtime {
     /// A message from paglet `from` (inside its handler) to `to`: runs inline when `to` is
@@ -20,7 +20,7 @@ impl Runtime {
         kind: &str,
         args: &str,
     ) -> Result<String, PagletError> {
-        let mut chain = self.slot(from).map(|s| s.chain()).unwrap_or_default();
+        let mut chain = self.paglet(from).map(|p| p.chain()).unwrap_or_default();
         chain.push(from.to_string());
         if chain.iter().any(|id| id == to) {
             return Err(PagletError::Failed(format!(
@@ -29,7 +29,7 @@ impl Runtime {
             )));
         }
         let target = self
-            .slot(to)
+            .paglet(to)
             .map_err(|e| PagletError::Failed(e.to_string()))?;
         let (tx, rx) = std::sync::mpsc::channel();
         let job = Job::Message {
@@ -44,7 +44,7 @@ impl Runtime {
             target.run(job);
             target.release(&self.pool);
         } else {
-            target.push(job, false, &self.pool);
+            target.push(job, QueueAt::Back, &self.pool);
         }
         let wait = || rx.recv_timeout(SEND_TIMEOUT);
         // The sender may be a fast handler running on an HTTP worker (see `send`): tell
@@ -65,14 +65,15 @@ impl Runtime {
     }
 }
 
-/// The host context of one instance.
-pub struct HostCtx {
+/// The host context of one paglet: what its code may ask of the host (the runtime's side of
+/// [`loader::HostContext`]).
+pub struct HostContext {
     pub(super) runtime: Weak<Runtime>,
     pub(super) id: String,
     pub(super) class: String,
 }
 
-impl HostCtx {
+impl HostContext {
     fn runtime(&self) -> Result<Arc<Runtime>, PagletError> {
         self.runtime
             .upgrade()
@@ -80,7 +81,7 @@ impl HostCtx {
     }
 }
 
-impl HostContext for HostCtx {
+impl loader::HostContext for HostContext {
     fn id(&self) -> String {
         self.id.clone()
     }
@@ -100,7 +101,7 @@ impl HostContext for HostCtx {
         let state: Value = serde_json::from_str(state)
             .map_err(|e| PagletError::InvalidArgs(format!("state is not JSON: {e}")))?;
         self.runtime()?
-            .create(class, Some(&state), id, false)
+            .create(class, Some(&state), id, Origin::New)
             .map_err(|e| match e {
                 RuntimeError::Paglet(e) => e,
                 other => PagletError::Failed(other.to_string()),

@@ -1,9 +1,11 @@
-//! The runtime: the instance table, create/send/dispose, reload migration and the host
-//! context paglets talk to.
+//! The runtime: the table of live paglets, create/send/dispose, reload migration and the
+//! host context paglets talk to.
 
 mod context;
-mod instance;
+mod inline;
+mod paglet;
 mod pool;
+mod reload;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,19 +18,17 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::persist::Saved;
-use crate::registry::{ClassError, FileError, Registry, unix_seconds};
-pub use context::HostCtx;
-pub use instance::Slot;
-use instance::{Job, Replier};
+use crate::registry::{ClassError, Registry, unix_seconds};
+pub use context::HostContext;
+pub use paglet::Paglet;
+use paglet::{Job, QueueAt, Replier};
 use pool::Pool;
 
-/// Jobs an HTTP worker runs for an instance it ran a message for inline, before handing the
+/// Jobs an HTTP worker runs for a paglet it ran a message for inline, before handing the
 /// rest of its queue to the pool.
 const INLINE_BUDGET: usize = 16;
 /// How long a paglet-to-paglet send waits for its reply.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a rescan waits for idle instances to migrate before listing them as pending.
-const MIGRATION_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a runtime call failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +58,7 @@ pub struct Runtime {
     host_name: String,
     paths: Vec<PathBuf>,
     registry: Mutex<Registry>,
-    instances: RwLock<HashMap<String, Arc<Slot>>>,
+    paglets: RwLock<HashMap<String, Arc<Paglet>>>,
     pool: Pool,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
@@ -86,6 +86,15 @@ pub fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// How a paglet comes into being: which hook runs once it is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Created by a request, a paglet or a startup entry: the creation hook runs.
+    New,
+    /// Restored from saved state: the arrival hook runs.
+    Restored,
+}
+
 /// One live paglet as `GET /paglets` lists it.
 #[derive(Debug, Serialize)]
 pub struct PagletSummary {
@@ -109,37 +118,6 @@ pub struct PagletDetail {
     sha256: String,
 }
 
-/// An instance that could not move to new code.
-#[derive(Debug, Serialize)]
-pub struct MigrationFailure {
-    /// The instance.
-    pub id: String,
-    /// Why it stays on its old code.
-    pub error: String,
-}
-
-/// What `POST /admin/rescan` returns.
-#[derive(Debug, Serialize)]
-pub struct RescanReply {
-    loaded: Vec<PathBuf>,
-    reloaded: Vec<PathBuf>,
-    removed: Vec<PathBuf>,
-    /// Files refused by this scan.
-    pub errors: Vec<FileError>,
-    migrated: Vec<String>,
-    /// Instances that stay on their old code, and why.
-    pub migration_failed: Vec<MigrationFailure>,
-    /// Instances still busy; each migrates when it becomes idle.
-    pending: Vec<String>,
-}
-
-impl RescanReply {
-    /// True when a library was loaded, reloaded or removed.
-    pub fn changed(&self) -> bool {
-        !(self.loaded.is_empty() && self.reloaded.is_empty() && self.removed.is_empty())
-    }
-}
-
 impl Runtime {
     /// A runtime over `registry`, with `workers` threads for paglet code.
     pub fn new(
@@ -153,7 +131,7 @@ impl Runtime {
             host_name,
             paths,
             registry: Mutex::new(registry),
-            instances: RwLock::default(),
+            paglets: RwLock::default(),
             pool,
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
@@ -163,11 +141,9 @@ impl Runtime {
         }))
     }
 
-    /// The instance table, read-locked.
-    fn table(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Slot>>> {
-        self.instances
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// The table of live paglets, read-locked.
+    fn table(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Paglet>>> {
+        self.paglets.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The registry, locked.
@@ -175,16 +151,15 @@ impl Runtime {
         lock(&self.registry)
     }
 
-    fn slot(&self, id: &str) -> Result<Arc<Slot>, RuntimeError> {
-        let instances = self.table();
-        instances
+    fn paglet(&self, id: &str) -> Result<Arc<Paglet>, RuntimeError> {
+        self.table()
             .get(id)
             .cloned()
             .ok_or_else(|| RuntimeError::NoPaglet(id.into()))
     }
 
-    fn ctx(&self, id: &str, class: &str) -> HostCtx {
-        HostCtx {
+    fn context(&self, id: &str, class: &str) -> HostContext {
+        HostContext {
             runtime: self.me.clone(),
             id: id.into(),
             class: class.into(),
@@ -193,7 +168,7 @@ impl Runtime {
 
     /// True when a paglet with `id` is live.
     pub fn exists(&self, id: &str) -> bool {
-        self.slot(id).is_ok()
+        self.paglet(id).is_ok()
     }
 
     /// Number of live paglets.
@@ -201,14 +176,14 @@ impl Runtime {
         self.table().len()
     }
 
-    /// Creates a paglet and runs its creation hook (or, with `restored`, its arrival hook).
+    /// Creates a paglet and runs its creation hook (or, when restored, its arrival hook).
     /// Blocks while paglet code runs.
     pub fn create(
         &self,
         class: &str,
         state: Option<&Value>,
         id: Option<&str>,
-        restored: bool,
+        origin: Origin,
     ) -> Result<String, RuntimeError> {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(RuntimeError::ShuttingDown);
@@ -219,24 +194,20 @@ impl Runtime {
             Some(id) => id.to_string(),
             None => self.fresh_id(class),
         };
-        if self.slot(&id).is_ok() {
+        if self.paglet(&id).is_ok() {
             return Err(RuntimeError::Duplicate(id));
         }
-        let mut paglet = lib.library.create(class, state, self.ctx(&id, class))?;
-        paglet.hook(if restored {
-            Hook::Arrived
-        } else {
-            Hook::Created
+        let mut instance = lib.library.create(class, state, self.context(&id, class))?;
+        instance.hook(match origin {
+            Origin::New => Hook::Created,
+            Origin::Restored => Hook::Arrived,
         })?;
-        let slot = Arc::new(Slot::new(id.clone(), class.into(), lib, paglet));
-        let mut instances = self
-            .instances
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if instances.contains_key(&id) {
+        let paglet = Arc::new(Paglet::new(id.clone(), class.into(), lib, instance));
+        let mut paglets = self.paglets.write().unwrap_or_else(PoisonError::into_inner);
+        if paglets.contains_key(&id) {
             return Err(RuntimeError::Duplicate(id));
         }
-        instances.insert(id.clone(), slot);
+        paglets.insert(id.clone(), paglet);
         Ok(id)
     }
 
@@ -244,7 +215,7 @@ impl Runtime {
         let stem = class.rsplit("::").next().unwrap_or(class).to_lowercase();
         loop {
             let id = format!("{stem}-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
-            if self.slot(&id).is_err() {
+            if self.paglet(&id).is_err() {
                 return id;
             }
         }
@@ -258,51 +229,48 @@ impl Runtime {
         args: String,
         reply: Replier<String>,
     ) -> Result<(), RuntimeError> {
-        let slot = self.slot(id)?;
+        let paglet = self.paglet(id)?;
         let job = Job::Message {
             kind: kind.into(),
             args,
             chain: Vec::new(),
             reply,
         };
-        if slot.runs_inline() && slot.try_claim() {
-            // A proven-fast handler on an idle instance: two thread hand-offs would cost
+        if paglet.runs_inline() && paglet.try_claim() {
+            // A proven-fast handler on an idle paglet: two thread hand-offs would cost
             // more than the handler itself.
-            slot.run(job);
+            paglet.run(job);
             // Messages that arrived meanwhile (other connections) run here too, up to a
             // budget, rather than being handed to the pool one by one.
-            slot.drain(&self.pool, INLINE_BUDGET);
+            paglet.drain(&self.pool, INLINE_BUDGET);
         } else {
-            slot.push(job, false, &self.pool);
+            paglet.push(job, QueueAt::Back, &self.pool);
         }
         Ok(())
     }
 
     /// Removes a paglet at once and runs its disposing hook after the messages queued before.
     pub fn dispose(&self, id: &str, reply: Replier<()>) -> Result<(), RuntimeError> {
-        let slot = {
-            let mut instances = self
-                .instances
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            instances
-                .remove(id)
-                .ok_or_else(|| RuntimeError::NoPaglet(id.into()))?
-        };
-        slot.push(Job::Dispose { reply }, false, &self.pool);
+        let paglet = self
+            .paglets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id)
+            .ok_or_else(|| RuntimeError::NoPaglet(id.into()))?;
+        paglet.push(Job::Dispose { reply }, QueueAt::Back, &self.pool);
         Ok(())
     }
 
     /// Every live paglet.
     pub fn list(&self) -> Vec<PagletSummary> {
-        let instances = self.table();
-        let mut list: Vec<_> = instances
+        let mut list: Vec<_> = self
+            .table()
             .values()
-            .map(|s| PagletSummary {
-                id: s.id.clone(),
-                class: s.class.clone(),
-                created_at: unix_seconds(s.created_at),
-                messages_handled: s.handled.load(Ordering::Relaxed),
+            .map(|p| PagletSummary {
+                id: p.id.clone(),
+                class: p.class.clone(),
+                created_at: unix_seconds(p.created_at),
+                messages_handled: p.handled.load(Ordering::Relaxed),
             })
             .collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
@@ -311,14 +279,14 @@ impl Runtime {
 
     /// One paglet; never waits for a busy one.
     pub fn detail(&self, id: &str) -> Result<PagletDetail, RuntimeError> {
-        let slot = self.slot(id)?;
-        let state = slot.try_state().transpose()?;
-        let code = slot.code();
+        let paglet = self.paglet(id)?;
+        let state = paglet.try_state().transpose()?;
+        let code = paglet.code();
         Ok(PagletDetail {
-            id: slot.id.clone(),
-            class: slot.class.clone(),
-            created_at: unix_seconds(slot.created_at),
-            messages_handled: slot.handled.load(Ordering::Relaxed),
+            id: paglet.id.clone(),
+            class: paglet.class.clone(),
+            created_at: unix_seconds(paglet.created_at),
+            messages_handled: paglet.handled.load(Ordering::Relaxed),
             busy: state.is_none(),
             state,
             generation: code.generation,
@@ -326,81 +294,16 @@ impl Runtime {
         })
     }
 
-    /// Scans the paths and migrates the instances of reloaded libraries.
-    pub fn rescan(&self) -> RescanReply {
-        let report = self.registry().scan(&self.paths);
-        let (tx, rx) = std::sync::mpsc::channel::<(String, Result<(), PagletError>)>();
-        let mut waiting = Vec::new();
-        for lib in &report.reloaded {
-            let slots: Vec<Arc<Slot>> = {
-                let instances = self.table();
-                instances
-                    .values()
-                    .filter(|s| s.code().source == lib.source)
-                    .cloned()
-                    .collect()
-            };
-            for slot in slots {
-                let (id, tx, me) = (slot.id.clone(), tx.clone(), self.me.clone());
-                let source = lib.source.clone();
-                let ctx = self.ctx(&id, &slot.class);
-                let done: Replier<()> = Box::new(move |result| {
-                    if let Err(e) = &result {
-                        tracing::warn!(paglet = %id, library = %source.display(), "stays on its old code: {e}");
-                        if let Some(rt) = me.upgrade() {
-                            rt.registry()
-                                .note_migration_error(&source, format!("{id}: {e}"));
-                        }
-                    }
-                    let _ = tx.send((id, result));
-                });
-                let ctx = Box::new(move || ctx);
-                slot.push(
-                    Job::Migrate {
-                        lib: lib.clone(),
-                        ctx,
-                        done,
-                    },
-                    true,
-                    &self.pool,
-                );
-                waiting.push(slot.id.clone());
-            }
-        }
-        drop(tx);
-        let deadline = Instant::now() + MIGRATION_WAIT;
-        let (mut migrated, mut failed) = (Vec::new(), Vec::new());
-        while migrated.len() + failed.len() < waiting.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok((id, Ok(()))) => migrated.push(id),
-                Ok((id, Err(e))) => failed.push(MigrationFailure {
-                    id,
-                    error: e.to_string(),
-                }),
-                Err(_) => break,
-            }
-        }
-        let pending = waiting
-            .into_iter()
-            .filter(|id| !migrated.contains(id) && !failed.iter().any(|f| f.id == *id))
-            .collect();
-        RescanReply {
-            loaded: report.loaded,
-            reloaded: report.reloaded.iter().map(|l| l.source.clone()).collect(),
-            removed: report.removed,
-            errors: report.errors,
-            migrated,
-            migration_failed: failed,
-            pending,
-        }
-    }
-
     /// Restores saved paglets whose class is loaded; keeps the others for the next save.
     pub fn restore(&self, saved: Vec<Saved>) {
         let mut missing = Vec::new();
         for item in saved {
-            match self.create(&item.class, Some(&item.state), Some(&item.id), true) {
+            match self.create(
+                &item.class,
+                Some(&item.state),
+                Some(&item.id),
+                Origin::Restored,
+            ) {
                 Ok(_) => tracing::info!(paglet = %item.id, class = %item.class, "restored"),
                 Err(e) => {
                     tracing::warn!(paglet = %item.id, class = %item.class, "not restored, kept on disk: {e}");
@@ -435,26 +338,23 @@ impl Runtime {
     /// are named in the log and left out.
     pub fn snapshot(&self, grace: Duration) -> Vec<Saved> {
         let deadline = Instant::now() + grace;
-        let slots: Vec<Arc<Slot>> = {
-            let instances = self.table();
-            instances.values().cloned().collect()
-        };
-        while slots.iter().any(|s| !s.is_idle()) && Instant::now() < deadline {
+        let paglets: Vec<Arc<Paglet>> = self.table().values().cloned().collect();
+        while paglets.iter().any(|p| !p.is_idle()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         let mut saved = lock(&self.unrestored).clone();
-        for slot in slots {
-            match slot.try_state() {
+        for paglet in paglets {
+            match paglet.try_state() {
                 Some(Ok(state)) => saved.push(Saved {
-                    id: slot.id.clone(),
-                    class: slot.class.clone(),
+                    id: paglet.id.clone(),
+                    class: paglet.class.clone(),
                     state,
                 }),
                 Some(Err(e)) => {
-                    tracing::warn!(paglet = %slot.id, "not saved: its state failed: {e}")
+                    tracing::warn!(paglet = %paglet.id, "not saved: its state failed: {e}")
                 }
                 None => {
-                    tracing::warn!(paglet = %slot.id, "not saved: still busy after the grace period")
+                    tracing::warn!(paglet = %paglet.id, "not saved: still busy after the grace period")
                 }
             }
         }

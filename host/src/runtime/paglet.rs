@@ -1,31 +1,26 @@
-//! One live paglet: its mailbox, handled one job at a time in arrival order on the worker
-//! pool, and the code (library generation) it runs on.
+//! One live paglet as the runtime holds it: its mailbox, handled one job at a time in arrival
+//! order on the worker pool, the loaded [`Instance`] that runs its code, and the library
+//! generation that code comes from.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use plugin_api::loader::{HostContext, Instance};
+use plugin_api::loader::Instance;
 use plugin_api::{Hook, PagletError};
 use serde_json::Value;
 
+use super::context::HostContext;
+use super::inline::InlineGate;
 use super::lock;
 use super::pool::Pool;
 use crate::registry::LoadedLib;
 
-/// A handler faster than this, every time so far, may run on the HTTP worker directly.
-const INLINE_BELOW: Duration = Duration::from_micros(50);
-/// A message this slow from an eligible instance sends it back to the pool for good (well
-/// above the scheduling hiccups of a busy machine).
-const DEMOTE_AT: Duration = Duration::from_millis(1);
-/// How many fast messages, run on the pool, make an instance eligible.
-const INLINE_AFTER: u32 = 8;
-
 /// Where a job's result goes.
 pub type Replier<T> = Box<dyn FnOnce(Result<T, PagletError>) + Send>;
 
-/// Work for an instance, run in order.
+/// Work for a paglet, run in order.
 pub enum Job {
     /// A message; `chain` is the ids already handling a message up the call chain.
     Message {
@@ -37,15 +32,21 @@ pub enum Job {
     /// Move to `lib` with the current state (a reload).
     Migrate {
         lib: Arc<LoadedLib>,
-        ctx: Box<dyn FnOnce() -> Ctx + Send>,
+        context: HostContext,
         done: Replier<()>,
     },
-    /// Run the disposing hook; the instance is already out of the table.
+    /// Run the disposing hook; the paglet is already out of the table.
     Dispose { reply: Replier<()> },
 }
 
-/// A host context for an instance, boxed for [`Job::Migrate`].
-pub type Ctx = super::HostCtx;
+/// Where [`Paglet::push`] puts a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueAt {
+    /// Behind everything queued (messages, disposal).
+    Back,
+    /// Ahead of queued messages, behind earlier migrations (reloads).
+    AfterMigrations,
+}
 
 #[derive(Default)]
 struct Mailbox {
@@ -55,7 +56,7 @@ struct Mailbox {
 }
 
 /// One live paglet.
-pub struct Slot {
+pub struct Paglet {
     /// Its id.
     pub id: String,
     /// Its class.
@@ -66,61 +67,37 @@ pub struct Slot {
     pub handled: AtomicU64,
     busy: AtomicBool,
     disposed: AtomicBool,
-    /// Fast messages seen in a row (capped at `INLINE_AFTER`); `u32::MAX` once a message was
-    /// slow after the instance became eligible (never inline again).
-    fast_streak: AtomicU32,
+    /// Whether its messages may run on the HTTP worker that received them.
+    inline: InlineGate,
     code: Mutex<Arc<LoadedLib>>,
-    paglet: Mutex<Instance>,
+    instance: Mutex<Instance>,
     mailbox: Mutex<Mailbox>,
     /// The call chain of the message being handled, for cycle checks.
     chain: Mutex<Vec<String>>,
 }
 
-impl Slot {
-    /// A slot for an instance already created (and hooked) on `lib`.
-    pub fn new(id: String, class: String, lib: Arc<LoadedLib>, paglet: Instance) -> Slot {
-        Slot {
+impl Paglet {
+    /// A paglet whose instance was already created (and hooked) on `lib`.
+    pub fn new(id: String, class: String, lib: Arc<LoadedLib>, instance: Instance) -> Paglet {
+        Paglet {
             id,
             class,
             created_at: SystemTime::now(),
             handled: AtomicU64::new(0),
             busy: AtomicBool::new(false),
             disposed: AtomicBool::new(false),
-            fast_streak: AtomicU32::new(0),
+            inline: InlineGate::default(),
             code: Mutex::new(lib),
-            paglet: Mutex::new(paglet),
+            instance: Mutex::new(instance),
             mailbox: Mutex::default(),
             chain: Mutex::default(),
         }
     }
 
-    /// True after enough fast messages in a row: the caller may run the next one on its own
-    /// (HTTP) thread instead of handing it to the pool. One slow message after that ends this
-    /// for good, so a long handler holds an HTTP worker at most once per instance.
+    /// True when the caller may run the next message on its own (HTTP) thread; see
+    /// [`InlineGate::open`].
     pub fn runs_inline(&self) -> bool {
-        let streak = self.fast_streak.load(Ordering::Relaxed);
-        (INLINE_AFTER..u32::MAX).contains(&streak)
-    }
-
-    fn note_duration(&self, took: Duration) {
-        let _ = self
-            .fast_streak
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(match n {
-                    u32::MAX => return None,
-                    // Eligible: a slow message sends the instance to the pool for good.
-                    n if n >= INLINE_AFTER => {
-                        if took >= DEMOTE_AT {
-                            u32::MAX
-                        } else {
-                            n
-                        }
-                    }
-                    // Not yet: a slow message (a cold first call, say) restarts the count.
-                    _ if took >= INLINE_BELOW => 0,
-                    n => n + 1,
-                })
-            });
+        self.inline.open()
     }
 
     /// The code it runs on.
@@ -148,27 +125,27 @@ impl Slot {
         if self.is_busy() {
             return None;
         }
-        let paglet = self.paglet.try_lock().ok()?;
-        Some(paglet.state().and_then(|text| {
+        let instance = self.instance.try_lock().ok()?;
+        Some(instance.state().and_then(|text| {
             serde_json::from_str(&text).map_err(|e| PagletError::Failed(format!("state: {e}")))
         }))
     }
 
-    /// Queues a job (`front` for migrations, which go before queued messages) and makes sure
-    /// a worker drains the mailbox.
-    pub fn push(self: &Arc<Self>, job: Job, front: bool, pool: &Pool) {
+    /// Queues a job and makes sure a worker drains the mailbox.
+    pub fn push(self: &Arc<Self>, job: Job, at: QueueAt, pool: &Pool) {
         let mut mailbox = lock(&self.mailbox);
-        if front {
-            // Ahead of messages, behind earlier migrations: two reloads in a row while the
-            // instance is busy must leave it on the newer code.
-            let at = mailbox
-                .queue
-                .iter()
-                .take_while(|j| matches!(j, Job::Migrate { .. }))
-                .count();
-            mailbox.queue.insert(at, job);
-        } else {
-            mailbox.queue.push_back(job);
+        match at {
+            QueueAt::Back => mailbox.queue.push_back(job),
+            QueueAt::AfterMigrations => {
+                // Two reloads in a row while the paglet is busy must leave it on the newer
+                // code.
+                let index = mailbox
+                    .queue
+                    .iter()
+                    .take_while(|j| matches!(j, Job::Migrate { .. }))
+                    .count();
+                mailbox.queue.insert(index, job);
+            }
         }
         if !mailbox.scheduled {
             mailbox.scheduled = true;
@@ -177,7 +154,7 @@ impl Slot {
     }
 
     /// Takes over draining if the mailbox is idle and empty, so a sender can run a job
-    /// inline on its own thread. Pair with [`release`](Slot::release).
+    /// inline on its own thread. Pair with [`release`](Paglet::release).
     pub fn try_claim(&self) -> bool {
         let mut mailbox = lock(&self.mailbox);
         if mailbox.scheduled || !mailbox.queue.is_empty() {
@@ -197,7 +174,7 @@ impl Slot {
         }
     }
 
-    /// Runs queued jobs; after `budget` of them, yields the worker to other instances.
+    /// Runs queued jobs; after `budget` of them, yields the worker to other paglets.
     pub fn drain(self: &Arc<Self>, pool: &Pool, budget: usize) {
         for _ in 0..budget {
             let job = {
@@ -218,7 +195,7 @@ impl Slot {
     /// Runs one job now, on this thread.
     pub fn run(&self, job: Job) {
         self.busy.store(true, Ordering::Release);
-        let mut paglet = lock(&self.paglet);
+        let mut instance = lock(&self.instance);
         match job {
             Job::Message { reply, .. } if self.disposed.load(Ordering::Acquire) => {
                 reply(Err(PagletError::Failed(format!(
@@ -234,27 +211,28 @@ impl Slot {
             } => {
                 *lock(&self.chain) = chain;
                 let started = Instant::now();
-                let result = paglet.handle(&kind, &args);
-                self.note_duration(started.elapsed());
+                let result = instance.handle(&kind, &args);
+                self.inline.note(started.elapsed());
                 lock(&self.chain).clear();
                 self.handled.fetch_add(1, Ordering::Relaxed);
                 reply(result);
             }
-            Job::Migrate { lib, ctx, done } => match migrate(&mut paglet, &self.class, &lib, ctx())
-            {
-                Ok(fresh) => {
-                    *paglet = fresh;
-                    *lock(&self.code) = lib;
-                    done(Ok(()));
+            Job::Migrate { lib, context, done } => {
+                match migrate(&mut instance, &self.class, &lib, context) {
+                    Ok(fresh) => {
+                        *instance = fresh;
+                        *lock(&self.code) = lib;
+                        done(Ok(()));
+                    }
+                    Err(e) => done(Err(e)),
                 }
-                Err(e) => done(Err(e)),
-            },
+            }
             Job::Dispose { reply } => {
                 self.disposed.store(true, Ordering::Release);
-                reply(paglet.hook(Hook::Disposing));
+                reply(instance.hook(Hook::Disposing));
             }
         }
-        drop(paglet);
+        drop(instance);
         self.busy.store(false, Ordering::Release);
     }
 }
@@ -265,7 +243,7 @@ fn migrate(
     old: &mut Instance,
     class: &str,
     lib: &LoadedLib,
-    ctx: impl HostContext,
+    context: HostContext,
 ) -> Result<Instance, PagletError> {
     if lib.library.class(class).is_none() {
         return Err(PagletError::Failed(format!(
@@ -275,7 +253,7 @@ fn migrate(
     }
     let state: Value = serde_json::from_str(&old.state()?)
         .map_err(|e| PagletError::Failed(format!("state: {e}")))?;
-    let mut fresh = lib.library.create(class, Some(&state), ctx)?;
+    let mut fresh = lib.library.create(class, Some(&state), context)?;
     fresh.hook(Hook::Arrived)?;
     Ok(fresh)
 }
