@@ -39,10 +39,10 @@ pub fn spawn(runtime: Arc<Runtime>, paths: Vec<PathBuf>) -> notify::Result<()> {
                     let inode = std::fs::metadata(path).ok().map(|m| m.ino());
                     if armed.get(path) != Some(&inode) {
                         let _ = watcher.unwatch(path);
-                        if inode.is_some() {
-                            if let Err(e) = watcher.watch(path, RecursiveMode::NonRecursive) {
-                                tracing::warn!(folder = %path.display(), "cannot watch: {e}");
-                            }
+                        if inode.is_some()
+                            && let Err(e) = watcher.watch(path, RecursiveMode::NonRecursive)
+                        {
+                            tracing::warn!(folder = %path.display(), "cannot watch: {e}");
                         }
                         armed.insert(path.clone(), inode);
                     }

@@ -274,10 +274,10 @@ impl Registry {
             }
         };
         let current = self.files.get(path).and_then(|s| s.current.clone());
-        if let Some(current) = &current {
-            if current.sha256 == sha256 {
-                return Ok(current.clone());
-            }
+        if let Some(current) = &current
+            && current.sha256 == sha256
+        {
+            return Ok(current.clone());
         }
         let generation = current.map_or(0, |c| c.generation + 1);
         let library = match self.by_sha.get(&sha256) {

@@ -289,11 +289,11 @@ impl Updater {
         };
         result.after_head = Some(head.clone());
         result.changed = result.before_head.as_deref() != Some(head.as_str());
-        if let Some(target) = &target {
-            if *target != head {
-                let why = format!("{target} exists but HEAD is {head} after the pull");
-                return result.fail(UpdateStatus::TargetNotCurrent, why);
-            }
+        if let Some(target) = &target
+            && *target != head
+        {
+            let why = format!("{target} exists but HEAD is {head} after the pull");
+            return result.fail(UpdateStatus::TargetNotCurrent, why);
         }
         if head == self.applied_head() {
             result.ok = true;
