@@ -17,23 +17,36 @@ const UNREADABLE_GRACE: Duration = Duration::from_secs(5);
 /// Slack between a process's start time and the lock's time.
 const START_SLACK: f64 = 1.0;
 
-/// A held lock; released (removed) on drop.
+/// A held lock; released (removed) on drop, but only while its owner file still names this
+/// process and the time it was taken: a lock someone else judged stale and took over is
+/// theirs.
 #[derive(Debug)]
 pub struct UpdateLock {
     dir: PathBuf,
+    owner: (u32, f64),
 }
 
 impl Drop for UpdateLock {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            tracing::warn!(lock = %self.dir.display(), "cannot release the update lock: {e}");
+        match read_owner(&self.dir) {
+            Some(owner) if owner == self.owner => {
+                if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+                    tracing::warn!(lock = %self.dir.display(), "cannot release the update lock: {e}");
+                }
+            }
+            Some((pid, _)) => {
+                tracing::warn!(lock = %self.dir.display(), pid, "the update lock was taken over by another process; left to it");
+            }
+            None => {
+                tracing::warn!(lock = %self.dir.display(), "the update lock no longer names this process; left as it is");
+            }
         }
     }
 }
 
 /// Why the lock was not taken.
 #[derive(Debug, thiserror::Error)]
-pub enum LockError {
+pub enum UpdateLockError {
     /// A live owner kept it past the timeout.
     #[error("the update lock {} is held by pid {pid} (taken at {time:.0}); gave up after {waited:?}", dir.display())]
     Timeout {
@@ -51,6 +64,17 @@ pub enum LockError {
     Io {
         /// The lock dir.
         dir: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A fresh lock of another process was moved aside while removing a stale one, and could
+    /// not be put back.
+    #[error("moved the update lock {} aside to {} and could not put it back: {source}", dir.display(), aside.display())]
+    PutBack {
+        /// The lock dir.
+        dir: PathBuf,
+        /// Where it is now.
+        aside: PathBuf,
         /// The cause.
         source: std::io::Error,
     },
@@ -75,12 +99,31 @@ fn read_owner(dir: &Path) -> Option<(u32, f64)> {
     Some((field("pid=")?.parse().ok()?, field("time=")?.parse().ok()?))
 }
 
+/// True when a process with this pid exists. EPERM means it exists under another user; a pid
+/// that is not a positive `i32` names no process (`kill` would read it as a process group,
+/// or as "every process").
+fn pid_exists(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    if raw <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 sends nothing; it only checks that the process exists.
+    if unsafe { libc::kill(raw, 0) } == 0 {
+        return true;
+    }
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 /// True when `pid` runs and was started no later than `time` (+ slack).
 fn owner_alive(pid: u32, time: f64) -> bool {
+    if !pid_exists(pid) {
+        return false;
+    }
     let Ok(mut system) = System::new() else {
-        // Without a process table, fall back to asking the kernel whether the pid exists.
-        // SAFETY: signal 0 only checks that the process exists.
-        return unsafe { libc::kill(pid as i32, 0) } == 0;
+        // Without a process table the start time is unknown: the pid exists, so it is alive.
+        return true;
     };
     let pid = Pid::from_u32(pid);
     system.refresh_processes_specifics(
@@ -101,9 +144,9 @@ pub fn acquire(
     common_dir: &Path,
     timeout: Duration,
     own_pid_is_stale: bool,
-) -> Result<UpdateLock, LockError> {
+) -> Result<UpdateLock, UpdateLockError> {
     let dir = common_dir.join(LOCK_NAME);
-    let io = |source| LockError::Io {
+    let io = |source| UpdateLockError::Io {
         dir: dir.clone(),
         source,
     };
@@ -113,11 +156,16 @@ pub fn acquire(
     loop {
         match std::fs::create_dir(&dir) {
             Ok(()) => {
-                let owner = format!("pid={me}\ntime={:.3}\n", now());
+                let time = format!("{:.3}", now());
                 let tmp = dir.join(".owner.tmp");
-                std::fs::write(&tmp, owner).map_err(io)?;
+                std::fs::write(&tmp, format!("pid={me}\ntime={time}\n")).map_err(io)?;
                 std::fs::rename(&tmp, dir.join("owner")).map_err(io)?;
-                return Ok(UpdateLock { dir });
+                // Read back as `read_owner` will, so `Drop` compares like with like.
+                let time = time.parse().unwrap_or_default();
+                return Ok(UpdateLock {
+                    dir,
+                    owner: (me, time),
+                });
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io(e)),
@@ -132,7 +180,7 @@ pub fn acquire(
             }
             Some((pid, time)) => {
                 if start.elapsed() >= timeout {
-                    return Err(LockError::Timeout {
+                    return Err(UpdateLockError::Timeout {
                         dir,
                         pid,
                         time,
@@ -165,11 +213,11 @@ pub fn acquire(
 /// same lock stale at once: the lock is first renamed aside (only one rename can win), and if
 /// what was moved is no longer the judged lock (another process removed the stale one and
 /// took a fresh lock meanwhile), it is put back.
-fn remove_stale(dir: &Path, judged: Option<(u32, f64)>) -> Result<(), LockError> {
+fn remove_stale(dir: &Path, judged: Option<(u32, f64)>) -> Result<(), UpdateLockError> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let aside = dir.with_file_name(format!("{LOCK_NAME}.stale-{}-{n}", std::process::id()));
-    let io = |source| LockError::Io {
+    let io = |source| UpdateLockError::Io {
         dir: dir.into(),
         source,
     };
@@ -179,15 +227,24 @@ fn remove_stale(dir: &Path, judged: Option<(u32, f64)>) -> Result<(), LockError>
         Ok(()) => {}
     }
     if read_owner(&aside) != judged {
-        // Someone else's fresh lock: hand it back (the rename fails only if yet another lock
-        // was taken in between, which then owns the checkout).
-        let _ = std::fs::rename(&aside, dir);
-        return Ok(());
+        // Someone else's fresh lock: hand it back.
+        return put_back(&aside, dir);
     }
     match std::fs::remove_dir_all(&aside) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
         _ => Ok(()),
     }
+}
+
+/// Moves a lock that was moved aside by mistake back into place. This fails when yet another
+/// lock was taken in between: then two processes believe they hold the checkout, which is
+/// reported, never ignored.
+fn put_back(aside: &Path, dir: &Path) -> Result<(), UpdateLockError> {
+    std::fs::rename(aside, dir).map_err(|source| UpdateLockError::PutBack {
+        dir: dir.into(),
+        aside: aside.into(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -218,5 +275,94 @@ mod tests {
         drop(held);
         assert!(!lock.exists());
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}
+
+#[cfg(test)]
+mod ownership_tests {
+    use std::time::Duration;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("paglets-lock-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        dir
+    }
+
+    #[test]
+    fn drop_leaves_a_lock_that_another_process_took_over() {
+        let dir = scratch("takeover");
+        let lock = dir.join(super::LOCK_NAME);
+        let held = super::acquire(&dir, Duration::ZERO, false).expect("free");
+        // Someone judged us stale and took the lock.
+        std::fs::write(lock.join("owner"), "pid=1\ntime=5\n").expect("owner");
+        drop(held);
+        assert!(
+            lock.join("owner").is_file(),
+            "another process's lock was removed"
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_failed_put_back_is_reported() {
+        let dir = scratch("putback");
+        let (aside, lock) = (dir.join("aside"), dir.join(super::LOCK_NAME));
+        for d in [&aside, &lock] {
+            std::fs::create_dir(d).expect("mkdir");
+            std::fs::write(d.join("owner"), "pid=1\ntime=5\n").expect("owner");
+        }
+        let err = super::put_back(&aside, &lock).expect_err("the place is taken");
+        assert!(err.to_string().contains("could not put it back"), "{err}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn io_errors_are_io_errors() {
+        let missing = std::env::temp_dir().join("paglets-lock-no-such-dir/deeper");
+        let err = super::acquire(&missing, Duration::ZERO, false).expect_err("no folder");
+        assert!(matches!(err, super::UpdateLockError::Io { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn pids_that_overflow_i32_or_are_not_positive_are_not_alive() {
+        // As an i32, u32::MAX is -1: `kill(-1, 0)` asks about every process and succeeds.
+        for pid in [u32::MAX, 1 << 31, 0] {
+            assert!(!super::pid_exists(pid), "{pid}");
+        }
+        assert!(super::pid_exists(std::process::id()));
+    }
+
+    /// Set in the environment of the unprivileged probe this test starts.
+    const PROBE: &str = "PAGLETS_LOCK_PROBE_PID";
+
+    #[test]
+    fn a_process_of_another_user_is_alive() {
+        if let Ok(pid) = std::env::var(PROBE) {
+            // The probe: running as uid 65534, asking about a process of root.
+            let pid: u32 = pid.parse().expect("a pid");
+            println!("probe: alive={}", super::owner_alive(pid, super::now()));
+            return;
+        }
+        // SAFETY: `geteuid` has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            // Not root: this process is itself of another user than init's.
+            assert!(super::pid_exists(1));
+            return;
+        }
+        let exe = std::env::current_exe().expect("own path");
+        let output = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(exe)
+            .args([
+                "--exact",
+                "update::lock::ownership_tests::a_process_of_another_user_is_alive",
+                "--nocapture",
+            ])
+            .env(PROBE, std::process::id().to_string())
+            .output()
+            .expect("run setpriv");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("probe: alive=true"), "{output:?}");
     }
 }

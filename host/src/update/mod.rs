@@ -43,6 +43,8 @@ pub enum UpdateStatus {
     Updated,
     /// Another process held the checkout's update lock past the lock timeout.
     LockTimeout,
+    /// The update lock could not be taken or handed back: a file-system error.
+    LockFailed,
 }
 
 /// The reply of `POST /admin/git-update` and `git_update` in `/health`.
@@ -100,6 +102,16 @@ impl UpdateResult {
         self.ok = false;
         self.error = Some(error.into());
         self
+    }
+}
+
+/// The status of an update that could not take the checkout's lock.
+fn lock_status(error: &lock::UpdateLockError) -> UpdateStatus {
+    match error {
+        lock::UpdateLockError::Timeout { .. } => UpdateStatus::LockTimeout,
+        lock::UpdateLockError::Io { .. } | lock::UpdateLockError::PutBack { .. } => {
+            UpdateStatus::LockFailed
+        }
     }
 }
 
@@ -261,7 +273,7 @@ impl Updater {
         let _lock =
             match lock::acquire(&self.checkout.common_dir, self.settings.lock_timeout, false) {
                 Ok(lock) => lock,
-                Err(e) => return result.fail(UpdateStatus::LockTimeout, e.to_string()),
+                Err(e) => return result.fail(lock_status(&e), e.to_string()),
             };
         // Read again under the lock: another host or worktree may have pulled while we waited.
         result.before_head = git::head(root).ok();
@@ -334,5 +346,26 @@ impl Updater {
     /// The executable recorded at start (cargo may replace the file; this path is re-run).
     pub fn exe(&self) -> &std::path::Path {
         &self.exe
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{UpdateStatus, lock};
+
+    #[test]
+    fn lock_io_errors_are_not_reported_as_timeouts() {
+        let io = lock::UpdateLockError::Io {
+            dir: "/x".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        assert_eq!(super::lock_status(&io), UpdateStatus::LockFailed);
+        let timeout = lock::UpdateLockError::Timeout {
+            dir: "/x".into(),
+            pid: 1,
+            time: 0.0,
+            waited: std::time::Duration::ZERO,
+        };
+        assert_eq!(super::lock_status(&timeout), UpdateStatus::LockTimeout);
     }
 }
