@@ -406,14 +406,28 @@ fn a_stale_lock_whose_owner_is_gone_is_removed() {
 fn a_lock_without_a_readable_owner_is_removed_after_the_grace_period() {
     let repos = Repos::new();
     let a = repos.clone("a");
-    let host = repos.host(&a, "state-a", &[]);
+    let host = repos.host(&a, "state-a", &["--update-lock-timeout", "1"]);
     let lock = a.join(LOCK);
     std::fs::create_dir(&lock).expect("lock dir without an owner file");
+    // Younger than the 5 s grace: respected (it may be a lock whose owner is being written),
+    // so a lock timeout shorter than the grace runs out first.
     let result = update(&host, None);
+    assert_eq!(result["status"], "lock-timeout", "{result:?}");
     assert!(
-        result["status"] == "current" || result["status"] == "updated",
+        error_text(&result).contains("no readable owner"),
         "{result:?}"
     );
+    assert!(
+        lock.is_dir(),
+        "a lock inside its grace period is left alone"
+    );
+    // Past the grace (its folder last changed 10 s ago): removed, and the update runs.
+    let ten_seconds_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
+    std::fs::File::open(&lock)
+        .and_then(|dir| dir.set_modified(ten_seconds_ago))
+        .expect("age the lock");
+    let result = update(&host, None);
+    assert_eq!(result["status"], "current", "{result:?}");
     assert_eq!(result["ok"], true);
     assert!(!lock.exists(), "the lock is released after the update");
 }

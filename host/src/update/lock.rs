@@ -59,6 +59,14 @@ pub enum UpdateLockError {
         /// How long we waited.
         waited: Duration,
     },
+    /// A lock without a readable owner, still inside its grace period, outlasted the timeout.
+    #[error("the update lock {} has no readable owner and is younger than {UNREADABLE_GRACE:?}; gave up after {waited:?}", dir.display())]
+    Unowned {
+        /// The lock dir.
+        dir: PathBuf,
+        /// How long we waited.
+        waited: Duration,
+    },
     /// The file system refused.
     #[error("update lock {}: {source}", dir.display())]
     Io {
@@ -202,6 +210,16 @@ pub fn acquire(
                     tracing::warn!(lock = %dir.display(), "removing an update lock without a readable owner");
                     remove_stale(&dir, None)?;
                     continue;
+                }
+                if start.elapsed() >= timeout {
+                    return Err(UpdateLockError::Unowned {
+                        dir,
+                        waited: start.elapsed(),
+                    });
+                }
+                if !reported {
+                    tracing::info!(lock = %dir.display(), "an update lock without a readable owner: respected for {UNREADABLE_GRACE:?}");
+                    reported = true;
                 }
             }
         }

@@ -108,7 +108,9 @@ impl UpdateResult {
 /// The status of an update that could not take the checkout's lock.
 fn lock_status(error: &lock::UpdateLockError) -> UpdateStatus {
     match error {
-        lock::UpdateLockError::Timeout { .. } => UpdateStatus::LockTimeout,
+        lock::UpdateLockError::Timeout { .. } | lock::UpdateLockError::Unowned { .. } => {
+            UpdateStatus::LockTimeout
+        }
         lock::UpdateLockError::Io { .. } | lock::UpdateLockError::PutBack { .. } => {
             UpdateStatus::LockFailed
         }
