@@ -31,7 +31,7 @@ use crate::paglet::{ClassSet, Hook};
 
 /// The interface version a library was built against. The host checks it before anything
 /// else in the root module and refuses a library whose number differs.
-pub const PAGLETS_ABI: u32 = 1;
+pub const PAGLETS_ABI: u32 = 2;
 
 /// Why a call into a paglet failed, as it crosses the boundary.
 #[repr(u8)]
@@ -45,6 +45,10 @@ pub enum ErrorKind {
     Failed,
     /// The paglet panicked; the panic was caught on its side.
     Panicked,
+    /// Something the call names does not exist.
+    NotFound,
+    /// The call would wait on itself.
+    Deadlock,
 }
 
 /// An error crossing the boundary: a kind and a one-line message.
@@ -144,11 +148,17 @@ impl From<PagletError> for AbiError {
             PagletError::NotHandled { .. } => ErrorKind::NotHandled,
             PagletError::InvalidArgs(_) => ErrorKind::InvalidArgs,
             PagletError::Panicked(_) => ErrorKind::Panicked,
-            _ => ErrorKind::Failed,
+            PagletError::NotFound(_) => ErrorKind::NotFound,
+            PagletError::Deadlock(_) => ErrorKind::Deadlock,
+            PagletError::Failed(_) => ErrorKind::Failed,
         };
         let message = match err {
             PagletError::NotHandled { kind } => kind,
-            PagletError::InvalidArgs(m) | PagletError::Failed(m) | PagletError::Panicked(m) => m,
+            PagletError::InvalidArgs(m)
+            | PagletError::Failed(m)
+            | PagletError::Panicked(m)
+            | PagletError::NotFound(m)
+            | PagletError::Deadlock(m) => m,
         };
         AbiError {
             kind,
@@ -165,6 +175,8 @@ impl From<AbiError> for PagletError {
             ErrorKind::InvalidArgs => PagletError::InvalidArgs(message),
             ErrorKind::Failed => PagletError::Failed(message),
             ErrorKind::Panicked => PagletError::Panicked(message),
+            ErrorKind::NotFound => PagletError::NotFound(message),
+            ErrorKind::Deadlock => PagletError::Deadlock(message),
         }
     }
 }
@@ -493,6 +505,22 @@ mod tests {
     fn root_module_symbol_matches_abi_stable() {
         let exported = "_1as_0lib_1header_0root_bmodule_bloader";
         assert_eq!(exported, abi_stable::library::ROOT_MODULE_LOADER_NAME);
+    }
+
+    #[test]
+    fn every_error_kind_crosses_the_boundary_unchanged() {
+        use crate::error::PagletError;
+        for err in [
+            PagletError::NotHandled { kind: "fly".into() },
+            PagletError::invalid_args("bad"),
+            PagletError::failed("failed"),
+            PagletError::Panicked("boom".into()),
+            PagletError::not_found("no item with id 42"),
+            PagletError::Deadlock("a -> b -> a".into()),
+        ] {
+            let back = PagletError::from(super::AbiError::from(err.clone()));
+            assert_eq!(back, err);
+        }
     }
 
     #[test]

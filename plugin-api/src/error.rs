@@ -23,6 +23,14 @@ pub enum PagletError {
     /// `paglet-panicked`). Paglets never construct this themselves.
     #[error("{0}")]
     Panicked(String),
+    /// Something the message names does not exist, e.g. "no item with id 42" (HTTP 404
+    /// `not-found`).
+    #[error("{0}")]
+    NotFound(String),
+    /// The call would wait on itself: a send whose target is already waiting, directly or
+    /// through others, on the sender (HTTP 409 `deadlock`). The message names the cycle.
+    #[error("{0}")]
+    Deadlock(String),
 }
 
 impl PagletError {
@@ -34,6 +42,12 @@ impl PagletError {
     /// Rejected arguments, with the reason.
     pub fn invalid_args(message: impl Into<String>) -> Self {
         PagletError::InvalidArgs(message.into())
+    }
+
+    /// Something the message names does not exist: `PagletError::not_found("no item with id
+    /// 42")` answers HTTP 404 `not-found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        PagletError::NotFound(message.into())
     }
 }
 

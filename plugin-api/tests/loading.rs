@@ -190,18 +190,28 @@ fn a_truncated_library_is_refused_before_dlopen_and_retryable() {
 }
 
 #[test]
-fn another_abi_version_is_refused_with_both_numbers() {
+fn the_previous_abi_version_is_refused_in_one_line_with_both_numbers() {
+    assert_eq!(
+        PAGLETS_ABI, 2,
+        "the old-abi fixture declares the version before this one"
+    );
     let err = refused(&old_abi());
     assert!(
         matches!(
             err,
             LoadError::IncompatibleAbi {
-                found: 999,
+                found: 1,
                 expected: PAGLETS_ABI,
                 ..
             }
         ),
         "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(!text.contains('\n'), "one line: {text}");
+    assert!(
+        text.contains("built against paglets ABI 1, this host speaks ABI 2"),
+        "{text}"
     );
 }
 

@@ -32,7 +32,10 @@ fn broken_files_are_reported_and_the_good_libraries_load() {
         ("libempty.so", "empty"),
         ("libexe.so", "not a loadable library"),
         ("libcut.so", "truncated"),
-        ("libold_abi.so", "ABI 999"),
+        (
+            "libold_abi.so",
+            "built against paglets ABI 1, this host speaks ABI 2",
+        ),
         (
             "libzz_dup_counter.so",
             "class counter::Counter is already provided by",

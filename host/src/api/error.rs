@@ -98,6 +98,8 @@ impl From<PagletError> for ApiError {
                 "paglet-panicked",
                 message,
             ),
+            PagletError::NotFound(_) => Self::not_found(message),
+            PagletError::Deadlock(_) => Self::new(StatusCode::CONFLICT, "deadlock", message),
             _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "paglet-failed", message),
         }
     }
@@ -128,5 +130,50 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_paglet_error_kind_has_its_status_and_code() {
+        for (err, status, code) in [
+            (
+                PagletError::NotHandled { kind: "fly".into() },
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "not-handled",
+            ),
+            (
+                PagletError::invalid_args("by: negative"),
+                StatusCode::BAD_REQUEST,
+                "invalid-args",
+            ),
+            (
+                PagletError::not_found("no item with id 42"),
+                StatusCode::NOT_FOUND,
+                "not-found",
+            ),
+            (
+                PagletError::Deadlock("a -> b -> a".into()),
+                StatusCode::CONFLICT,
+                "deadlock",
+            ),
+            (
+                PagletError::failed("disk full"),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "paglet-failed",
+            ),
+            (
+                PagletError::Panicked("boom".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "paglet-panicked",
+            ),
+        ] {
+            let api = ApiError::from(err.clone());
+            assert_eq!((api.status, api.code), (status, code), "{err:?}");
+            assert_eq!(api.message, err.to_string());
+        }
     }
 }
