@@ -69,6 +69,10 @@ pub struct HostArgs {
     /// Allow a non-loopback --host without an API key.
     #[arg(long)]
     pub allow_unauthenticated: bool,
+    /// The URL other hosts and clients reach this host at; needs an API key
+    /// [default: http://HOST:PORT; for a wildcard --host, the first non-loopback IPv4].
+    #[arg(long)]
+    pub public_url: Option<String>,
     /// Launch config (TOML) [default: ~/.paglets/launch.toml when it exists].
     #[arg(long)]
     pub launch_config: Option<PathBuf>,
@@ -96,6 +100,13 @@ pub struct HostArgs {
     /// Seconds running handlers get to finish at shutdown [default: 10].
     #[arg(long)]
     pub shutdown_grace: Option<u64>,
+    /// Seconds a connection has to send a complete request head, after it opens or after its
+    /// previous request; slow and idle connections are closed [default: 10].
+    #[arg(long)]
+    pub header_timeout: Option<u64>,
+    /// Connections served at once; past it, the oldest idle one is closed [default: 1024].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
     /// Largest request body in bytes [default: 1048576].
     #[arg(long)]
     pub max_body: Option<usize>,
@@ -124,9 +135,13 @@ pub struct DiscoverArgs {
 /// Options every client command takes.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// The host's URL.
-    #[arg(long, default_value = "http://127.0.0.1:8765")]
+    /// The host's URL; without a scheme, http:// is meant.
+    #[arg(long, env = "PAGLETS_HOST", default_value = "http://127.0.0.1:8765")]
     pub host: String,
+    /// Seconds to wait for the answer; 0 waits as long as it takes
+    /// [default: none for send, 30 for the others].
+    #[arg(long)]
+    pub timeout: Option<u64>,
     /// Read the API key from this environment variable instead of PAGLETS_API_KEY.
     #[arg(long)]
     pub api_key_env: Option<String>,

@@ -25,6 +25,8 @@ pub struct HostConfig {
     pub paths: Vec<PathBuf>,
     /// Address to bind.
     pub bind: String,
+    /// `--public-url`, when given (the default is derived from the bound address).
+    pub public_url: Option<String>,
     /// Port to bind (0: any).
     pub port: u16,
     /// Trusted peers.
@@ -45,6 +47,10 @@ pub struct HostConfig {
     pub shutdown_grace: Duration,
     /// Largest request body.
     pub max_body: usize,
+    /// Time a connection has to send a request head (also its idle timeout).
+    pub header_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
     /// Load from folders other users can write.
     pub allow_insecure_paths: bool,
     /// Worker threads for paglet code.
@@ -96,6 +102,7 @@ struct HostSection {
     property: Properties,
     api_key_env: Option<String>,
     allow_unauthenticated: Option<bool>,
+    public_url: Option<String>,
     persistence_dir: Option<PathBuf>,
     watch: Option<bool>,
     auto_update_from_git: Option<bool>,
@@ -104,6 +111,8 @@ struct HostSection {
     update_lock_timeout: Option<u64>,
     shutdown_grace: Option<u64>,
     max_body: Option<usize>,
+    header_timeout: Option<u64>,
+    max_connections: Option<usize>,
     allow_insecure_paths: Option<bool>,
     workers: Option<usize>,
 }
@@ -184,7 +193,8 @@ fn read_launch_file(explicit: Option<&Path>) -> Result<(LaunchFile, PathBuf), Us
 }
 
 /// The API key, for the host and the clients alike: from the variable `--api-key-env` names
-/// (which must be set), else from `PAGLETS_API_KEY`; an empty value means no key.
+/// (which must be set), else from `PAGLETS_API_KEY`. Surrounding whitespace is not part of
+/// the key (an HTTP header could not carry it), so a value that is blank means no key.
 pub fn api_key(api_key_env: Option<&str>) -> Result<Option<String>, UsageError> {
     let key = match api_key_env {
         Some(var) => Some(std::env::var(var).map_err(|_| {
@@ -194,7 +204,29 @@ pub fn api_key(api_key_env: Option<&str>) -> Result<Option<String>, UsageError> 
         })?),
         None => std::env::var("PAGLETS_API_KEY").ok(),
     };
-    Ok(key.filter(|key| !key.is_empty()))
+    Ok(key
+        .map(|key| key.trim().to_string())
+        .filter(|key| !key.is_empty()))
+}
+
+/// `--public-url` must be an `http`/`https` URL with a host, and needs an API key (a keyless
+/// host serves only loopback names and this URL's host: a public name without a key would
+/// invite every page on that network).
+fn check_public_url(url: &str, has_key: bool) -> Result<(), UsageError> {
+    if !has_key {
+        return Err(UsageError(format!(
+            "--public-url {url} needs an API key; set PAGLETS_API_KEY"
+        )));
+    }
+    match reqwest::Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {
+            Ok(())
+        }
+        Ok(_) => Err(UsageError(format!(
+            "--public-url {url} must be an http:// or https:// URL with a host"
+        ))),
+        Err(e) => Err(UsageError(format!("--public-url {url} is not a URL: {e}"))),
+    }
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -264,6 +296,10 @@ impl HostConfig {
                 "--host {bind} is not a loopback address and no API key is set; set PAGLETS_API_KEY or pass --allow-unauthenticated"
             )));
         }
+        let public_url = args.public_url.or(host.public_url);
+        if let Some(url) = &public_url {
+            check_public_url(url, api_key.is_some())?;
+        }
         let mut properties = host.property.into_map()?;
         properties.extend(args.property);
         let watch = if args.no_watch {
@@ -281,6 +317,7 @@ impl HostConfig {
             name,
             paths,
             bind,
+            public_url,
             port: args.port.or(host.port).unwrap_or(8765),
             peers: if args.peer.is_empty() {
                 host.peer
@@ -301,6 +338,17 @@ impl HostConfig {
                 args.shutdown_grace.or(host.shutdown_grace).unwrap_or(10),
             ),
             max_body: args.max_body.or(host.max_body).unwrap_or(1024 * 1024),
+            header_timeout: Duration::from_secs(
+                args.header_timeout
+                    .or(host.header_timeout)
+                    .unwrap_or(10)
+                    .max(1),
+            ),
+            max_connections: args
+                .max_connections
+                .or(host.max_connections)
+                .unwrap_or(1024)
+                .clamp(1, 1 << 20),
             allow_insecure_paths: args.allow_insecure_paths
                 || host.allow_insecure_paths.unwrap_or(false),
             workers: args.workers.or(host.workers).unwrap_or(8),

@@ -6,5 +6,6 @@ mod cli;
 mod discover;
 mod git_update;
 mod http_api;
+mod http_edges;
 mod lifecycle;
 mod reload;

@@ -222,6 +222,17 @@ pub struct Answer {
     pub www_authenticate: Option<String>,
 }
 
+/// An answer read off a raw connection.
+#[derive(Debug)]
+pub struct RawAnswer {
+    /// The status code.
+    pub status: u16,
+    /// The status line and headers.
+    pub head: String,
+    /// The body as JSON (`Null` when empty).
+    pub json: Value,
+}
+
 impl TestHost {
     /// Starts a host named `name` over `paths` with extra `args`, in a fresh persistence dir.
     pub fn start(paths: &[&Path], args: &[&str]) -> TestHost {
@@ -290,11 +301,16 @@ impl TestHost {
                 panic!("the host printed no URL within {DEADLINE:?}; stderr:\n{log}");
             }
         };
-        let url = line.rsplit(' ').next().expect("a URL").to_string();
         assert!(
-            line.contains("listening at http://127.0.0.1:"),
+            line.contains("listening at http://"),
             "unexpected first line: {line}"
         );
+        // A wildcard bind is reached over loopback.
+        let url = line
+            .rsplit(' ')
+            .next()
+            .expect("a URL")
+            .replace("://0.0.0.0:", "://127.0.0.1:");
         let host = TestHost {
             child,
             url,
@@ -327,9 +343,14 @@ impl TestHost {
         key: Option<&str>,
     ) -> Answer {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.url));
         if let Some(key) = key.or(self.key.as_deref()) {
             request = request.bearer_auth(key);
+        }
+        if method == reqwest::Method::POST {
+            request = request.header("content-type", "application/json");
         }
         if let Some(body) = body {
             request = request.body(body.to_string());
@@ -354,6 +375,52 @@ impl TestHost {
             json,
             www_authenticate,
         }
+    }
+
+    /// Sends `request` as it is (HTTP/1.1 text, head and body) on a new connection and reads
+    /// the answer until the host closes it; for what an HTTP client would not send.
+    pub fn raw(&self, request: &str) -> RawAnswer {
+        use std::io::{Read, Write};
+        let mut stream = self.connect();
+        stream
+            .write_all(request.as_bytes())
+            .expect("send the request");
+        let mut bytes = Vec::new();
+        // A reset after the answer (the host closing with unread input) ends the read too.
+        let _ = stream.read_to_end(&mut bytes);
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("no status line in {text:?}"));
+        let body = body.trim();
+        let json = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+        };
+        RawAnswer {
+            status,
+            head: head.to_string(),
+            json,
+        }
+    }
+
+    /// A new TCP connection to the host, with [`DEADLINE`] as its read timeout.
+    pub fn connect(&self) -> std::net::TcpStream {
+        let addr = self.url.trim_start_matches("http://");
+        let stream = std::net::TcpStream::connect(addr).expect("connect to the host");
+        stream
+            .set_read_timeout(Some(DEADLINE))
+            .expect("set a read timeout");
+        stream
+    }
+
+    /// The `host:port` the host listens on, as a `Host` header names it.
+    pub fn authority(&self) -> &str {
+        self.url.trim_start_matches("http://")
     }
 
     /// `GET path`.

@@ -68,6 +68,28 @@ impl ApiError {
         )
     }
 
+    /// 403 `forbidden-host`: a keyless host asked under a name it does not serve.
+    pub fn forbidden_host(host: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden-host",
+            format!(
+                "Host '{host}' is not this host's name: without an API key only loopback names \
+                 (localhost, 127.0.0.1, [::1]) and the host of --public-url are served"
+            ),
+        )
+    }
+
+    /// 415 `unsupported-media-type`: the `Content-Type` header is not the one the route takes.
+    pub fn unsupported_media_type(expected: &str, given: Option<&str>) -> Self {
+        let given = given.map_or_else(|| "none".to_string(), |g| format!("'{g}'"));
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            format!("this route needs the header Content-Type: {expected} (got {given})"),
+        )
+    }
+
     /// 500 `internal`: a host fault (never a paglet's).
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
@@ -118,6 +140,40 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::ShuttingDown => Self::shutting_down(),
         }
     }
+}
+
+/// The last layer: an error that left a handler or an extractor without the JSON shape
+/// (axum's own plain-text rejections, e.g. for a path that is not UTF-8) gets it here, so the
+/// shape holds for every route, whoever adds it.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    // Rejection texts are short; a larger body is cut, never waited for without bound.
+    let body = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let text = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad-request",
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        s if s.is_client_error() => "bad-request",
+        _ => "internal",
+    };
+    ApiError::new(status, code, text).into_response()
 }
 
 impl IntoResponse for ApiError {

@@ -1,22 +1,24 @@
-//! The HTTP API: routes, the shared state, and the JSON body extractor.
+//! The HTTP API: routes, the shared state, and the layers every request passes (the bearer
+//! gate, the guard, the JSON error shape).
 
 mod admin;
 mod auth;
 mod error;
+mod extract;
+mod guard;
+pub mod listen;
 mod paglets;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request};
-use axum::http::StatusCode;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use serde::de::DeserializeOwned;
 
 use crate::config::HostConfig;
 use crate::runtime::Runtime;
 pub use error::ApiError;
+pub use extract::{JsonBody, PagletId};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -25,8 +27,10 @@ pub struct AppState {
     pub runtime: Arc<Runtime>,
     /// The host's settings.
     pub config: Arc<HostConfig>,
-    /// The URL the host serves at.
+    /// The URL other hosts and clients reach this host at (`--public-url`).
     pub url: Arc<str>,
+    /// The host part of that URL: a keyless host serves it besides loopback names.
+    pub public_host: Option<Arc<str>>,
     /// The API key, when auth is on.
     pub api_key: Option<Arc<str>>,
     /// Git auto-update, when on.
@@ -35,7 +39,8 @@ pub struct AppState {
     pub restart: Arc<tokio::sync::Notify>,
 }
 
-/// All routes, behind the auth gate and the body limit.
+/// All routes, behind the bearer gate, the guard and the body limit; every error leaves
+/// with the JSON shape.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.max_body;
     Router::new()
@@ -55,36 +60,15 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            guard::check,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             auth::gate,
         ))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(error::json_errors))
         .with_state(state)
-}
-
-/// A JSON body, read whatever its content type; an empty body reads as `{}`. Malformed JSON
-/// and wrong fields are 400 `bad-request`, an oversized body 413.
-pub struct JsonBody<T>(pub T);
-
-impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::payload_too_large(state.config.max_body)
-            } else {
-                ApiError::bad_request(format!("cannot read the body: {rejection}"))
-            }
-        })?;
-        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &bytes
-        };
-        serde_json::from_slice(bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
-    }
 }
 
 /// Runs blocking work (paglet code, file I/O) off the async workers.

@@ -1,7 +1,7 @@
 //! `/paglets` routes: create, list, inspect, message and dispose paglets.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use plugin_api::PagletError;
@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::{ApiError, AppState, JsonBody, blocking};
+use super::{ApiError, AppState, JsonBody, PagletId, blocking};
 use crate::runtime::Origin;
 
 /// `POST /paglets` body.
@@ -62,7 +62,7 @@ pub async fn list(State(app): State<AppState>) -> Json<Value> {
 /// `GET /paglets/{id}`: never waits for a busy paglet.
 pub async fn detail(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    PagletId(id): PagletId,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!(app.runtime.detail(&id)?)))
 }
@@ -70,7 +70,7 @@ pub async fn detail(
 /// `POST /paglets/{id}/messages`: 200 `{"reply": ...}`.
 pub async fn send(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    PagletId(id): PagletId,
     JsonBody(body): JsonBody<SendBody>,
 ) -> Result<Response, ApiError> {
     let (tx, rx) = oneshot::channel();
@@ -88,7 +88,7 @@ pub async fn send(
 /// `DELETE /paglets/{id}`: 204 once the disposing hook ran.
 pub async fn dispose(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    PagletId(id): PagletId,
 ) -> Result<StatusCode, ApiError> {
     let (tx, rx) = oneshot::channel();
     app.runtime

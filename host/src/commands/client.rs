@@ -1,9 +1,12 @@
 //! The client commands: `classes`, `list`, `create`, `send`, `dispose`, `health`. Each is
 //! one HTTP call to a running host, printed as a table or, with `--json`, as JSON.
 
+use std::time::Duration;
+
 use anyhow::anyhow;
 use reqwest::Method;
 use reqwest::blocking::Client;
+use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 
 use super::{CommandResult, Exit, Failure};
@@ -13,25 +16,88 @@ fn api_key(args: &ClientArgs) -> Result<Option<String>, Failure> {
     crate::config::api_key(args.api_key_env.as_deref()).map_err(|e| Failure::Usage(e.0))
 }
 
+/// How long a command waits for its answer unless `--timeout` says otherwise.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// A bounded call (listing, creating, disposing).
+    Bounded,
+    /// A message, which runs as long as the paglet's handler does.
+    AsLongAsItTakes,
+}
+
+/// The default bound of [`Wait::Bounded`] calls.
+const BOUNDED_WAIT: Duration = Duration::from_secs(30);
+
+/// Connecting never takes long on a network that works; a dead address must not hang.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The host's base URL: `--host` (or `PAGLETS_HOST`), `http://` when no scheme is given.
+pub fn base_url(host: &str) -> String {
+    let host = host.trim().trim_end_matches('/');
+    if host.contains("://") {
+        host.to_string()
+    } else {
+        format!("http://{host}")
+    }
+}
+
+/// A paglet id as one URL path segment: every byte outside `A-Z a-z 0-9 - . _ ~`
+/// percent-encoded, so an id can never name another route. `.` and `..` cannot travel in a
+/// URL at all (clients and servers resolve them), and are never ids.
+fn id_segment(id: &str) -> Result<String, Failure> {
+    if id == "." || id == ".." {
+        return Err(Failure::Usage(format!(
+            "invalid paglet id '{id}': {}",
+            crate::runtime::ID_RULE
+        )));
+    }
+    let mut segment = String::with_capacity(id.len());
+    for byte in id.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            segment.push(char::from(byte));
+        } else {
+            segment.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    Ok(segment)
+}
+
 /// One call; a 2xx answer's JSON (or `null` for 204), anything else a failure with the
 /// host's message.
 fn call(
     args: &ClientArgs,
+    wait: Wait,
     method: Method,
     path: &str,
     body: Option<Value>,
 ) -> Result<Value, Failure> {
-    let url = format!("{}{path}", args.host.trim_end_matches('/'));
-    let mut request = Client::new().request(method, &url);
+    let base = base_url(&args.host);
+    let url = format!("{base}{path}");
+    let timeout = match (args.timeout, wait) {
+        (Some(0), _) | (None, Wait::AsLongAsItTakes) => None,
+        (Some(seconds), _) => Some(Duration::from_secs(seconds)),
+        (None, Wait::Bounded) => Some(BOUNDED_WAIT),
+    };
+    let client = Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(timeout)
+        .build()
+        .map_err(|e| anyhow!("cannot build an HTTP client: {e}"))?;
+    let is_post = method == Method::POST;
+    let mut request = client.request(method, &url);
     if let Some(key) = api_key(args)? {
         request = request.bearer_auth(key);
     }
+    if is_post {
+        // Every POST says it is JSON, body or not: the host refuses anything else.
+        request = request.header(CONTENT_TYPE, "application/json");
+    }
     if let Some(body) = body {
-        request = request.json(&body);
+        request = request.body(body.to_string());
     }
     let response = request
         .send()
-        .map_err(|e| anyhow!("cannot reach the host at {}: {e}", args.host))?;
+        .map_err(|e| unreachable(&base, timeout, &e))?;
     let status = response.status();
     let text = response
         .text()
@@ -50,6 +116,23 @@ fn call(
         .map(str::to_string)
         .unwrap_or_else(|| value.to_string());
     Err(anyhow!("the host answered {} {code}: {message}", status.as_u16()).into())
+}
+
+/// Why no answer came, naming the URL tried and how to pick another.
+fn unreachable(base: &str, timeout: Option<Duration>, error: &reqwest::Error) -> Failure {
+    let cause = std::error::Error::source(error)
+        .map_or_else(|| error.to_string(), |source| source.to_string());
+    if error.is_timeout() {
+        let waited = timeout.map_or_else(String::new, |t| format!(" within {}s", t.as_secs()));
+        return anyhow!("no answer from {base}{waited} ({cause}); wait longer with --timeout SECONDS (0: no limit)").into();
+    }
+    if error.is_builder() {
+        return Failure::Usage(format!("--host {base} is not a usable URL: {cause}"));
+    }
+    anyhow!(
+        "cannot reach the host at {base} ({cause}); is it running? pick another host with --host URL or PAGLETS_HOST"
+    )
+    .into()
 }
 
 fn parse_json(flag: &str, text: Option<&str>) -> Result<Option<Value>, Failure> {
@@ -106,7 +189,7 @@ fn rows(value: &Value, columns: &[&str]) -> String {
 
 /// The top-level entry point for `paglets classes`.
 pub fn classes(args: ClientArgs) -> CommandResult {
-    let value = call(&args, Method::GET, "/classes", None)?;
+    let value = call(&args, Wait::Bounded, Method::GET, "/classes", None)?;
     print(args.json, &value, |v| {
         rows(v, &["class", "library_version", "description"])
     })
@@ -114,7 +197,7 @@ pub fn classes(args: ClientArgs) -> CommandResult {
 
 /// The top-level entry point for `paglets list`.
 pub fn list(args: ClientArgs) -> CommandResult {
-    let value = call(&args, Method::GET, "/paglets", None)?;
+    let value = call(&args, Wait::Bounded, Method::GET, "/paglets", None)?;
     print(args.json, &value, |v| {
         rows(v, &["id", "class", "messages_handled"])
     })
@@ -124,7 +207,13 @@ pub fn list(args: ClientArgs) -> CommandResult {
 pub fn create(args: CreateArgs) -> CommandResult {
     let state = parse_json("--state", args.state.as_deref())?;
     let body = json!({"class": args.class, "state": state, "id": args.id});
-    let value = call(&args.client, Method::POST, "/paglets", Some(body))?;
+    let value = call(
+        &args.client,
+        Wait::Bounded,
+        Method::POST,
+        "/paglets",
+        Some(body),
+    )?;
     print(args.client.json, &value, |v| {
         format!("{}\n", v["id"].as_str().unwrap_or_default())
     })
@@ -133,10 +222,12 @@ pub fn create(args: CreateArgs) -> CommandResult {
 /// The top-level entry point for `paglets send`.
 pub fn send(args: SendArgs) -> CommandResult {
     let body = json!({"kind": args.kind, "args": parse_json("--args", args.args.as_deref())?});
+    let path = format!("/paglets/{}/messages", id_segment(&args.id)?);
     let value = call(
         &args.client,
+        Wait::AsLongAsItTakes,
         Method::POST,
-        &format!("/paglets/{}/messages", args.id),
+        &path,
         Some(body),
     )?;
     print(args.client.json, &value, |v| {
@@ -149,12 +240,8 @@ pub fn send(args: SendArgs) -> CommandResult {
 
 /// The top-level entry point for `paglets dispose`.
 pub fn dispose(args: DisposeArgs) -> CommandResult {
-    call(
-        &args.client,
-        Method::DELETE,
-        &format!("/paglets/{}", args.id),
-        None,
-    )?;
+    let path = format!("/paglets/{}", id_segment(&args.id)?);
+    call(&args.client, Wait::Bounded, Method::DELETE, &path, None)?;
     if !args.client.json {
         println!("disposed {}", args.id);
     }
@@ -163,7 +250,7 @@ pub fn dispose(args: DisposeArgs) -> CommandResult {
 
 /// The top-level entry point for `paglets health`.
 pub fn health(args: ClientArgs) -> CommandResult {
-    let value = call(&args, Method::GET, "/health", None)?;
+    let value = call(&args, Wait::Bounded, Method::GET, "/health", None)?;
     print(args.json, &value, |v| {
         let mut out = String::new();
         for key in [

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use super::{CommandResult, Exit, Failure};
-use crate::api::{AppState, router};
+use crate::api::{AppState, listen, router};
 use crate::cli::HostArgs;
 use crate::config::HostConfig;
 use crate::persist::{self, DirLock, LockError};
@@ -38,11 +38,12 @@ pub fn run(args: Box<HostArgs>) -> CommandResult {
     if let Some(updater) = updater.as_ref().filter(|u| u.restart_now() && !restarted) {
         return Err(reexec(updater.exe(), true));
     }
-    for path in &config.paths {
-        if !path.is_dir() {
-            tracing::warn!(folder = %path.display(), "does not exist yet; it is picked up when it appears");
-        }
+    report_missing_folders(&config.paths);
+    if let Some(limit) = listen::raise_descriptor_limit() {
+        tracing::debug!(limit, "open descriptor limit");
     }
+    // Before any library is copied: a port conflict must leave nothing behind.
+    let listener = listen::bind(&config.bind, config.port).map_err(anyhow::Error::msg)?;
     let registry = Registry::new(
         Some(config.persistence_dir.join("libs")),
         config.allow_insecure_paths,
@@ -76,18 +77,33 @@ pub fn run(args: Box<HostArgs>) -> CommandResult {
         .enable_all()
         .build()
         .context("start the async runtime")?
-        .block_on(serve(config, runtime, updater))
+        .block_on(serve(config, listener, runtime, updater))
+}
+
+/// Logs each `--paths` folder that cannot be listed, saying why: only a missing one is
+/// picked up when it appears; a refused or exhausted one (EACCES, EMFILE) is an error.
+fn report_missing_folders(paths: &[std::path::PathBuf]) {
+    for path in paths {
+        match std::fs::read_dir(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(folder = %path.display(), "does not exist yet; it is picked up when it appears");
+            }
+            Err(e) => tracing::error!(folder = %path.display(), "cannot list the folder: {e}"),
+        }
+    }
 }
 
 async fn serve(
     config: HostConfig,
+    listener: std::net::TcpListener,
     runtime: Arc<Runtime>,
     updater: Option<Arc<Updater>>,
 ) -> CommandResult {
-    let listener = tokio::net::TcpListener::bind((config.bind.as_str(), config.port))
-        .await
-        .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
-    let url = format!("http://{}", listener.local_addr().context("local address")?);
+    let listener = tokio::net::TcpListener::from_std(listener).context("listen")?;
+    let bound = listener.local_addr().context("local address")?;
+    let url = format!("http://{bound}");
+    let public_url = listen::public_url(config.public_url.as_deref(), bound);
     // Installed before the URL is printed: whoever starts us may signal right after.
     let mut signals = Signals::install().context("install the SIGINT and SIGTERM handlers")?;
     let mut stdout = std::io::stdout();
@@ -100,7 +116,8 @@ async fn serve(
     let state = AppState {
         runtime: runtime.clone(),
         config: config.clone(),
-        url: url.into(),
+        public_host: listen::url_host(&public_url).map(Arc::from),
+        url: public_url.into(),
         api_key: config.api_key.as_deref().map(Arc::from),
         updater: updater.clone(),
         restart: Arc::new(tokio::sync::Notify::new()),
@@ -109,12 +126,12 @@ async fn serve(
     if let Some(updater) = &updater {
         announce(&config, &state.url, &updater.applied_head());
     }
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async move { drop(stop_rx.await) })
-            .into_future(),
-    );
+    let limits = listen::Limits {
+        max_connections: config.max_connections,
+        header_timeout: config.header_timeout,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(listen::serve(listener, router(state), limits, stop_rx));
     let restarting = tokio::select! {
         () = signals.recv() => false,
         () = restart.notified() => true,
@@ -130,7 +147,7 @@ async fn serve(
         .context("snapshot")?;
     persist::save(&config.persistence_dir, &saved)?;
     tracing::info!(saved = saved.len(), dir = %config.persistence_dir.display(), "paglets saved");
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
     match (restarting, &updater) {
         (true, Some(updater)) => Err(reexec(updater.exe(), false)),

@@ -175,10 +175,14 @@ impl Registry {
             }
             .and_then(|()| {
                 crate::discovery::candidates(dir).map_err(|e| {
-                    format!(
-                        "{}: cannot list the folder: {e} (it is picked up when it appears)",
-                        dir.display()
-                    )
+                    // Only a missing folder is expected to appear later; a refused one
+                    // (EACCES) or a host out of descriptors (EMFILE) is an error as it is.
+                    let later = if e.kind() == std::io::ErrorKind::NotFound {
+                        " (it is picked up when it appears)"
+                    } else {
+                        ""
+                    };
+                    format!("{}: cannot list the folder: {e}{later}", dir.display())
                 })
             });
             match listed {

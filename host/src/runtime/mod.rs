@@ -43,7 +43,7 @@ pub enum RuntimeError {
     #[error("a paglet with id '{0}' already exists")]
     Duplicate(String),
     /// The id is malformed.
-    #[error("invalid paglet id '{0}': use 1 to 128 of A-Z a-z 0-9 . _ - (not . or ..)")]
+    #[error("invalid paglet id '{0}': {ID_RULE}")]
     BadId(String),
     /// The paglet answered with an error.
     #[error(transparent)]
@@ -75,8 +75,12 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The id rule, for paglet ids and host names alike: `[A-Za-z0-9._-]{1,128}`, and not `.`
-/// or `..` (either would name a folder other than its own when joined into a path or URL).
+/// The paglet id rule in words, for error messages (host names follow it too).
+pub const ID_RULE: &str = "use 1 to 128 of A-Z a-z 0-9 . _ -, and not '.' or '..'";
+
+/// The paglet id rule, which host names (`--name`) follow too: `[A-Za-z0-9._-]{1,128}`,
+/// and not `.` or `..` (a path segment that means "here" or "up" can neither travel in a URL
+/// nor name a folder safely).
 pub fn valid_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
         && id != "."
@@ -359,5 +363,30 @@ impl Runtime {
             }
         }
         saved
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_id;
+
+    #[test]
+    fn the_id_rule_takes_names_and_refuses_paths_and_dot_segments() {
+        for id in [
+            "a",
+            "counter-1",
+            "service.counter",
+            "A_b-9",
+            "...",
+            ".hidden",
+            "a..b",
+        ] {
+            assert!(valid_id(id), "{id}");
+        }
+        let long = "x".repeat(129);
+        for id in ["", ".", "..", "a/b", "../x", "bad id", "é", long.as_str()] {
+            assert!(!valid_id(id), "{id}");
+        }
+        assert!(valid_id(&"x".repeat(128)));
     }
 }
