@@ -172,98 +172,8 @@ fn bad_requests_get_the_contract_error_shapes() {
     let host = TestHost::start(&[plugins.path()], &["--max-body", "4096"]);
     let id = host.create("counter::Counter", json!({}));
     let messages = format!("/paglets/{id}/messages");
-    let cases: Vec<(&str, &str, Option<String>, u16, &str)> = vec![
-        (
-            "POST",
-            "/paglets",
-            Some("{not json".into()),
-            400,
-            "bad-request",
-        ),
-        ("POST", "/paglets", Some("{}".into()), 400, "bad-request"),
-        (
-            "POST",
-            "/paglets",
-            Some(r#"{"class":"counter::Counter","colour":1}"#.into()),
-            400,
-            "bad-request",
-        ),
-        (
-            "POST",
-            "/paglets",
-            Some(r#"{"class":"counter::Counter","state":[1]}"#.into()),
-            400,
-            "bad-request",
-        ),
-        (
-            "POST",
-            "/paglets",
-            Some(r#"{"class":"counter::Counter","id":"bad id!"}"#.into()),
-            400,
-            "bad-request",
-        ),
-        (
-            "POST",
-            "/paglets",
-            Some(format!(r#"{{"class":"counter::Counter","id":"{id}"}}"#)),
-            409,
-            "conflict",
-        ),
-        (
-            "POST",
-            "/paglets",
-            Some(r#"{"class":"nope::Nope"}"#.into()),
-            404,
-            "not-found",
-        ),
-        ("GET", "/paglets/ghost", None, 404, "not-found"),
-        ("DELETE", "/paglets/ghost", None, 404, "not-found"),
-        ("GET", "/no/such/route", None, 404, "not-found"),
-        (
-            "POST",
-            &messages,
-            Some(r#"{"kind":"fly"}"#.into()),
-            422,
-            "not-handled",
-        ),
-        (
-            "POST",
-            &messages,
-            Some(r#"{"kind":"increment","args":{"by":-1}}"#.into()),
-            400,
-            "invalid-args",
-        ),
-        (
-            "POST",
-            &messages,
-            Some(r#"{"args":{}}"#.into()),
-            400,
-            "bad-request",
-        ),
-        (
-            "POST",
-            &messages,
-            Some(format!(r#"{{"kind":"{}"}}"#, "x".repeat(8000))),
-            413,
-            "payload-too-large",
-        ),
-        (
-            "POST",
-            "/admin/git-update",
-            Some(r#"{"target_hash":"xyz"}"#.into()),
-            400,
-            "bad-request",
-        ),
-        (
-            "POST",
-            "/admin/git-update",
-            Some(r#"{"target_hash":"abc"}"#.into()),
-            400,
-            "bad-request",
-        ),
-    ];
-    for (method, path, body, status, code) in cases {
-        let answer = host.request(method, path, body.as_deref(), None);
+    let check = |method: &str, path: &str, body: Option<&str>, status: u16, code: &str| {
+        let answer = host.request(method, path, body, None);
         assert_eq!(
             (answer.status, error_code(&answer)),
             (status, code),
@@ -271,11 +181,48 @@ fn bad_requests_get_the_contract_error_shapes() {
             body.map(|b| b.chars().take(80).collect::<String>()),
             answer.json
         );
-        assert!(
-            answer.json["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty())
-        );
+        let message = answer.json["error"]["message"].as_str().unwrap_or("");
+        assert!(!message.is_empty(), "{method} {path}: no message");
+    };
+    let bad = |body: &str| check("POST", "/paglets", Some(body), 400, "bad-request");
+    bad("{not json");
+    bad("{}");
+    bad(r#"{"class":"counter::Counter","colour":1}"#);
+    bad(r#"{"class":"counter::Counter","state":[1]}"#);
+    bad(r#"{"class":"counter::Counter","id":"bad id!"}"#);
+    let duplicate = format!(r#"{{"class":"counter::Counter","id":"{id}"}}"#);
+    check("POST", "/paglets", Some(&duplicate), 409, "conflict");
+    check(
+        "POST",
+        "/paglets",
+        Some(r#"{"class":"nope::Nope"}"#),
+        404,
+        "not-found",
+    );
+    check("GET", "/paglets/ghost", None, 404, "not-found");
+    check("DELETE", "/paglets/ghost", None, 404, "not-found");
+    check("GET", "/no/such/route", None, 404, "not-found");
+    check(
+        "POST",
+        &messages,
+        Some(r#"{"kind":"fly"}"#),
+        422,
+        "not-handled",
+    );
+    let negative = r#"{"kind":"increment","args":{"by":-1}}"#;
+    check("POST", &messages, Some(negative), 400, "invalid-args");
+    check(
+        "POST",
+        &messages,
+        Some(r#"{"args":{}}"#),
+        400,
+        "bad-request",
+    );
+    let huge = format!(r#"{{"kind":"{}"}}"#, "x".repeat(8000));
+    check("POST", &messages, Some(&huge), 413, "payload-too-large");
+    for target in ["xyz", "abc"] {
+        let body = format!(r#"{{"target_hash":"{target}"}}"#);
+        check("POST", "/admin/git-update", Some(&body), 400, "bad-request");
     }
     // Still serving, state untouched.
     assert_eq!(

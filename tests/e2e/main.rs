@@ -3,6 +3,7 @@
 mod author_crate;
 mod bad_libraries;
 mod cli;
+mod connections;
 mod discover;
 mod git_update;
 mod http_api;

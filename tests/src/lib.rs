@@ -504,13 +504,23 @@ pub fn host_command(paths: &[&Path], args: &[&str], persistence: &Path) -> Comma
     command
 }
 
-/// Runs `paglets` with `args` to completion.
+/// Runs `paglets` with `args` to completion, without `PAGLETS_API_KEY` or `PAGLETS_HOST`
+/// from the test's own environment.
 pub fn paglets(args: &[&str]) -> std::process::Output {
-    Command::new(paglets_bin())
+    paglets_with_env(args, &[])
+}
+
+/// Runs `paglets` with `args` and `env` set to completion.
+pub fn paglets_with_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = Command::new(paglets_bin());
+    command
         .args(args)
         .env_remove("PAGLETS_API_KEY")
-        .output()
-        .expect("run paglets")
+        .env_remove("PAGLETS_HOST");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().expect("run paglets")
 }
 
 impl TestHost {
