@@ -34,6 +34,8 @@ pub enum Command {
     Dispose(DisposeArgs),
     /// Show a running host's health.
     Health(ClientArgs),
+    /// List the hosts of a running host's mesh: name, URL, state, compatibility.
+    Mesh(ClientArgs),
 }
 
 /// `paglets host`.
@@ -51,9 +53,19 @@ pub struct HostArgs {
     /// Port to bind; 0 picks a free one [default: 8765].
     #[arg(long)]
     pub port: Option<u16>,
-    /// A trusted peer host's URL (repeatable).
+    /// A mesh seed: another host's URL to join the mesh through (repeatable).
     #[arg(long)]
     pub peer: Vec<String>,
+    /// Do not join a mesh: /mesh/hosts lists only this host.
+    #[arg(long)]
+    pub no_mesh: bool,
+    /// SWIM probe period in milliseconds [default: 1000]; suspicion lasts four periods.
+    /// Short values are for tests on one machine.
+    #[arg(long, hide = true)]
+    pub mesh_probe_ms: Option<u64>,
+    /// Seconds after which down and left mesh hosts are forgotten [default: 3600].
+    #[arg(long, hide = true)]
+    pub mesh_forget_after: Option<u64>,
     /// The code version peers compare.
     #[arg(long)]
     pub mesh_version: Option<String>,

@@ -59,6 +59,8 @@ pub struct HostConfig {
     pub auto_update: Option<crate::update::UpdateSettings>,
     /// Paglets created at start when their id does not exist yet.
     pub startup: Vec<StartupEntry>,
+    /// Mesh membership.
+    pub mesh: crate::mesh::MeshSettings,
 }
 
 /// One `[[startup]]` entry.
@@ -84,6 +86,17 @@ struct LaunchFile {
     auto_update: AutoUpdateSection,
     #[serde(default)]
     startup: Vec<StartupEntry>,
+    #[serde(default)]
+    mesh: MeshSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeshSection {
+    #[serde(default)]
+    peers: Vec<String>,
+    probe_ms: Option<u64>,
+    forget_after: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -95,6 +108,9 @@ struct HostSection {
     port: Option<u16>,
     #[serde(default)]
     peer: Vec<String>,
+    no_mesh: Option<bool>,
+    mesh_probe_ms: Option<u64>,
+    mesh_forget_after: Option<u64>,
     mesh_version: Option<String>,
     #[serde(default)]
     tag: Vec<String>,
@@ -313,23 +329,47 @@ impl HostConfig {
             .persistence_dir
             .or(host.persistence_dir.map(rel))
             .unwrap_or_else(|| home().join(".paglets/hosts").join(&name));
+        let peers = if !args.peer.is_empty() {
+            args.peer
+        } else if !file.mesh.peers.is_empty() {
+            file.mesh.peers
+        } else {
+            host.peer
+        };
+        let probe_ms = args
+            .mesh_probe_ms
+            .or(host.mesh_probe_ms)
+            .or(file.mesh.probe_ms)
+            .unwrap_or(1000);
+        if probe_ms < 10 {
+            return Err(UsageError(format!(
+                "--mesh-probe-ms {probe_ms}: use at least 10"
+            )));
+        }
+        let mesh = crate::mesh::MeshSettings {
+            enabled: !(args.no_mesh || host.no_mesh == Some(true)),
+            seeds: peers.clone(),
+            probe_period: Duration::from_millis(probe_ms),
+            forget_after: Duration::from_secs(
+                args.mesh_forget_after
+                    .or(host.mesh_forget_after)
+                    .or(file.mesh.forget_after)
+                    .unwrap_or(3600),
+            ),
+        };
         Ok(HostConfig {
             name,
             paths,
             bind,
             public_url,
             port: args.port.or(host.port).unwrap_or(8765),
-            peers: if args.peer.is_empty() {
-                host.peer
-            } else {
-                args.peer
-            },
+            peers,
             mesh_version: args.mesh_version.or(host.mesh_version),
-            tags: if args.tag.is_empty() {
-                host.tag
+            tags: crate::mesh::normalize_tags(if args.tag.is_empty() {
+                &host.tag
             } else {
-                args.tag
-            },
+                &args.tag
+            }),
             properties,
             api_key,
             persistence_dir,
@@ -354,6 +394,7 @@ impl HostConfig {
             workers: args.workers.or(host.workers).unwrap_or(8),
             auto_update,
             startup: file.startup,
+            mesh,
         })
     }
 }

@@ -9,6 +9,7 @@ mod cli;
 mod commands;
 mod config;
 mod discovery;
+mod mesh;
 mod persist;
 mod registry;
 mod runtime;
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
         cli::Command::Send(args) => commands::client::send(args),
         cli::Command::Dispose(args) => commands::client::dispose(args),
         cli::Command::Health(args) => commands::client::health(args),
+        cli::Command::Mesh(args) => commands::client::mesh(args),
     };
     match result {
         Ok(code) => code.into(),

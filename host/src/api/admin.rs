@@ -1,4 +1,4 @@
-//! `/health`, `/classes`, `/libraries`, `/admin/*` and `/mesh/hosts`.
+//! `/health`, `/classes`, `/libraries` and `/admin/*`.
 
 use axum::Json;
 use axum::extract::State;
@@ -6,37 +6,34 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, JsonBody, blocking};
-use crate::update::UpdateResult;
+use crate::update::{UpdateResult, UpdateStatus};
 
 /// `GET /health`.
 pub async fn health(State(app): State<AppState>) -> Json<Value> {
     let config = &app.config;
     let updater = app.updater.as_deref();
     let applied = updater.map(|u| u.applied());
-    let (libraries, digest) = {
-        let registry = app.runtime.registry();
-        (registry.loaded_count(), registry.digest())
-    };
+    let libraries = app.runtime.registry().loaded_count();
+    let me = app.mesh.own_meta();
     Json(json!({
         "name": config.name,
         "url": &*app.url,
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "abi_version": plugin_api::PAGLETS_ABI,
-        "mesh_version": config.mesh_version,
-        "code_version": config.mesh_version.clone()
-            .or_else(|| applied.as_ref().map(|a| a.head.clone()))
-            .unwrap_or(digest),
-        "tags": config.tags,
-        "properties": config.properties,
+        "mesh_version": me.mesh_version,
+        "code_version": me.code_version,
+        "tags": me.tags,
+        "properties": me.properties,
         "peers": config.peers,
-        "paglets": app.runtime.count(),
+        "paglets": me.paglets,
         "libraries": libraries,
-        "auto_update_from_git": updater.is_some(),
+        "auto_update_from_git": me.auto_update_from_git,
         "git_head": updater.and_then(|u| u.head()),
         "git_process_start_head": updater.map(|u| u.process_start_head()),
         "git_applied_head": applied.as_ref().map(|a| &a.head),
         "git_update": applied.as_ref().and_then(|a| a.last.as_ref()),
+        "mesh": app.mesh.health(),
     }))
 }
 
@@ -104,19 +101,13 @@ pub async fn git_update(
             })
     })
     .await?;
+    if result.status == UpdateStatus::Updated {
+        if let Some(aligner) = &app.aligner {
+            aligner.announce_updated();
+        }
+    }
     if result.restart_required {
         app.restart.notify_one();
     }
     Ok(Json(json!(result)))
-}
-
-/// `GET /mesh/hosts`: the configured peers; this version does not probe them yet.
-pub async fn mesh_hosts(State(app): State<AppState>) -> Json<Value> {
-    let hosts: Vec<Value> = app
-        .config
-        .peers
-        .iter()
-        .map(|url| json!({"name": null, "url": url, "code_version": null, "mesh_version": null, "compatible": null, "last_seen": null}))
-        .collect();
-    Json(json!(hosts))
 }

@@ -20,6 +20,9 @@ pub async fn gate(State(state): State<AppState>, request: Request, next: Next) -
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+            if request.uri().path().starts_with("/mesh/") {
+                state.mesh.note_refused(request.uri().path());
+            }
             return ApiError::unauthorized().into_response();
         }
     }

@@ -7,6 +7,7 @@ mod error;
 mod extract;
 mod guard;
 pub mod listen;
+mod mesh;
 mod paglets;
 
 use std::sync::Arc;
@@ -37,6 +38,10 @@ pub struct AppState {
     pub updater: Option<Arc<crate::update::Updater>>,
     /// Notified when an update needs the host to re-execute itself.
     pub restart: Arc<tokio::sync::Notify>,
+    /// The mesh (membership off with `--no-mesh`).
+    pub mesh: Arc<crate::mesh::Mesh>,
+    /// Git alignment with the mesh, when auto-update is on.
+    pub aligner: Option<Arc<crate::mesh::align::Aligner>>,
 }
 
 /// All routes, behind the bearer gate, the guard and the body limit; every error leaves
@@ -49,7 +54,12 @@ pub fn router(state: AppState) -> Router {
         .route("/libraries", get(admin::libraries))
         .route("/admin/rescan", post(admin::rescan))
         .route("/admin/git-update", post(admin::git_update))
-        .route("/mesh/hosts", get(admin::mesh_hosts))
+        .route("/mesh/hosts", get(mesh::hosts))
+        .route("/mesh/identity", get(mesh::identity))
+        .route(
+            "/mesh/swim",
+            post(mesh::swim).layer(DefaultBodyLimit::max(crate::mesh::MAX_BODY)),
+        )
         .route("/paglets", post(paglets::create).get(paglets::list))
         .route(
             "/paglets/{id}",

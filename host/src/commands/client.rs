@@ -1,4 +1,4 @@
-//! The client commands: `classes`, `list`, `create`, `send`, `dispose`, `health`. Each is
+//! The client commands: `classes`, `list`, `create`, `send`, `dispose`, `health`, `mesh`. Each is
 //! one HTTP call to a running host, printed as a table or, with `--json`, as JSON.
 
 use std::time::Duration;
@@ -270,5 +270,52 @@ pub fn health(args: ClientArgs) -> CommandResult {
             out.push_str(&format!("{key:<13} {shown}\n"));
         }
         out
+    })
+}
+
+/// The top-level entry point for `paglets mesh`.
+pub fn mesh(args: ClientArgs) -> CommandResult {
+    let value = call(&args, Wait::Bounded, Method::GET, "/mesh/hosts", None)?;
+    print(args.json, &value, |v| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let hosts = v["hosts"].as_array().cloned().unwrap_or_default();
+        let table: Vec<Value> = hosts
+            .iter()
+            .map(|h| {
+                let tags: Vec<&str> = h["tags"]
+                    .as_array()
+                    .map(|t| t.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let name = h["name"].as_str().unwrap_or_default();
+                let last_seen = match h["last_seen"].as_u64() {
+                    _ if h["self"] == true => "now".to_string(),
+                    Some(t) => format!("{}s ago", now.saturating_sub(t)),
+                    None => String::new(),
+                };
+                json!({
+                    "name": if h["self"] == true { format!("{name} (self)") } else { name.to_string() },
+                    "url": h["url"],
+                    "state": h["state"],
+                    "compatible": if h["compatible"] == true { "yes" } else { "no" },
+                    "code version": h["code_version"],
+                    "tags": tags.join(","),
+                    "last seen": last_seen,
+                })
+            })
+            .collect();
+        rows(
+            &Value::Array(table),
+            &[
+                "name",
+                "url",
+                "state",
+                "compatible",
+                "code version",
+                "tags",
+                "last seen",
+            ],
+        )
     })
 }

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 
@@ -10,6 +11,8 @@ use super::{CommandResult, Exit, Failure};
 use crate::api::{AppState, listen, router};
 use crate::cli::HostArgs;
 use crate::config::HostConfig;
+use crate::mesh::align::Aligner;
+use crate::mesh::{HostMeta, LocalMeta, Mesh};
 use crate::persist::{self, DirLock, LockError};
 use crate::registry::Registry;
 use crate::runtime::{Origin, Runtime};
@@ -113,19 +116,44 @@ async fn serve(
         crate::watch::spawn(runtime.clone(), config.paths.clone()).context("watch the folders")?;
     }
     let config = Arc::new(config);
+    let api_key: Option<Arc<str>> = config.api_key.as_deref().map(Arc::from);
+    // Other hosts reach us at the public URL (a reverse proxy's, with --public-url).
+    let local = local_meta(&config, &runtime, updater.as_ref(), &public_url);
+    let mesh = Mesh::start(
+        config.mesh.clone(),
+        &config.name,
+        &public_url,
+        api_key.clone(),
+        local,
+    )
+    .context("start the mesh")?;
+    let aligner = match (&updater, &config.auto_update) {
+        (Some(updater), Some(settings)) => {
+            let timeout = settings.build_timeout + settings.lock_timeout + Duration::from_secs(60);
+            let aligner = Aligner::start(
+                mesh.clone(),
+                updater.clone(),
+                &public_url,
+                api_key.clone(),
+                timeout,
+            )
+            .context("start git alignment")?;
+            Some(aligner)
+        }
+        _ => None,
+    };
     let state = AppState {
         runtime: runtime.clone(),
         config: config.clone(),
         public_host: listen::url_host(&public_url).map(Arc::from),
         url: public_url.into(),
-        api_key: config.api_key.as_deref().map(Arc::from),
+        api_key,
         updater: updater.clone(),
         restart: Arc::new(tokio::sync::Notify::new()),
+        mesh: mesh.clone(),
+        aligner,
     };
     let restart = state.restart.clone();
-    if let Some(updater) = &updater {
-        announce(&config, &state.url, &updater.applied_head());
-    }
     let limits = listen::Limits {
         max_connections: config.max_connections,
         header_timeout: config.header_timeout,
@@ -136,6 +164,8 @@ async fn serve(
         () = signals.recv() => false,
         () = restart.notified() => true,
     };
+    // First, so peers list this host as `left` at once rather than suspecting it.
+    mesh.leave().await;
     tracing::info!(
         "shutting down: new requests get 503, running handlers get {:?}",
         config.shutdown_grace
@@ -174,36 +204,37 @@ fn reexec(exe: &std::path::Path, at_startup: bool) -> Failure {
     ))
 }
 
-/// Sends this host's applied head to its peers, in the background, and logs each answer.
-fn announce(config: &HostConfig, url: &str, head: &str) {
-    let body =
-        serde_json::json!({"target_hash": head, "source_name": config.name, "source_url": url});
-    for peer in config.peers.clone() {
-        let (body, key) = (body.clone(), config.api_key.clone());
-        std::thread::spawn(move || {
-            let endpoint = format!("{}/admin/git-update", peer.trim_end_matches('/'));
-            let client = reqwest::blocking::Client::builder()
-                .timeout(std::time::Duration::from_secs(1800))
-                .build();
-            let mut request = match client {
-                Ok(client) => client.post(&endpoint).json(&body),
-                Err(e) => return tracing::warn!(peer, "cannot build an HTTP client: {e}"),
-            };
-            if let Some(key) = key {
-                request = request.bearer_auth(key);
-            }
-            match request.send().and_then(|r| r.json::<serde_json::Value>()) {
-                Ok(answer) if answer["status"] == "target-missing" => tracing::warn!(
-                    peer,
-                    "peer answered target-missing: commit may not have been pushed"
-                ),
-                Ok(answer) => {
-                    tracing::info!(peer, status = %answer["status"], "peer answered the update")
-                }
-                Err(e) => tracing::warn!(peer, "cannot reach the peer: {e}"),
-            }
-        });
-    }
+/// How this host describes itself to the mesh (and in `/health`): `code_version` is the
+/// `--mesh-version` label, else the applied head with auto-update, else a digest of the
+/// loaded libraries.
+fn local_meta(
+    config: &Arc<HostConfig>,
+    runtime: &Arc<Runtime>,
+    updater: Option<&Arc<Updater>>,
+    url: &str,
+) -> LocalMeta {
+    let (config, runtime, updater) = (config.clone(), runtime.clone(), updater.cloned());
+    let url = url.to_string();
+    Arc::new(move || {
+        let digest = || runtime.registry().digest();
+        let code_version = config
+            .mesh_version
+            .clone()
+            .or_else(|| updater.as_ref().map(|u| u.applied_head()))
+            .unwrap_or_else(digest);
+        HostMeta {
+            name: config.name.clone(),
+            url: url.clone(),
+            generation: 0,
+            seq: 0,
+            code_version: Some(code_version),
+            mesh_version: config.mesh_version.clone(),
+            tags: config.tags.clone(),
+            properties: config.properties.clone(),
+            paglets: runtime.count() as u64,
+            auto_update_from_git: updater.is_some(),
+        }
+    })
 }
 
 /// SIGINT and SIGTERM, both meaning "shut down gracefully".

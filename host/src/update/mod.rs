@@ -244,6 +244,11 @@ impl Updater {
         lock(&self.state).clone()
     }
 
+    /// True while an update runs on this host.
+    pub fn is_running(&self) -> bool {
+        matches!(self.running.try_lock(), Err(TryLockError::WouldBlock))
+    }
+
     /// Runs one update; `None` when another update is running on this host (409).
     pub fn update(&self, runtime: &Runtime, target: Option<&str>) -> Option<UpdateResult> {
         let _running = match self.running.try_lock() {
