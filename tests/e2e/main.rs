@@ -9,4 +9,5 @@ mod git_update;
 mod http_api;
 mod http_edges;
 mod lifecycle;
+mod mesh;
 mod reload;

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod mesh;
+
 /// How long anything in a test may take before it counts as hung.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -207,6 +209,7 @@ pub struct TestHost {
     /// Its persistence dir (kept across restarts when given to [`TestHost::start_in`]).
     pub persistence: PathBuf,
     _persistence: Option<tempfile::TempDir>,
+    _kept: Vec<Box<dyn std::any::Any + Send + Sync>>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
     http: reqwest::blocking::Client,
 }
@@ -317,6 +320,7 @@ impl TestHost {
             key,
             persistence: persistence.to_path_buf(),
             _persistence: None,
+            _kept: Vec::new(),
             stderr,
             http: reqwest::blocking::Client::builder()
                 .timeout(DEADLINE)
@@ -327,6 +331,13 @@ impl TestHost {
             (host.get("/health").status == 200).then_some(())
         });
         host
+    }
+
+    /// Keeps `plugins` and `dir` (temp folders the host uses) alive as long as the host.
+    pub fn keep(mut self, plugins: PluginDir, dir: tempfile::TempDir) -> TestHost {
+        self._kept.push(Box::new(plugins));
+        self._kept.push(Box::new(dir));
+        self
     }
 
     /// Everything the host logged so far.
@@ -478,7 +489,8 @@ impl Drop for TestHost {
     }
 }
 
-/// `paglets host` with `--port 0`, the paths, a name and the persistence dir.
+/// `paglets host` with `--port 0` (unless `args` name a port), the paths, a name and the
+/// persistence dir.
 pub fn host_command(paths: &[&Path], args: &[&str], persistence: &Path) -> Command {
     let mut command = Command::new(paglets_bin());
     // A test that panics while another thread still holds its `TestHost` must not leave the
@@ -490,7 +502,10 @@ pub fn host_command(paths: &[&Path], args: &[&str], persistence: &Path) -> Comma
             Ok(())
         });
     }
-    command.args(["host", "--port", "0", "--no-watch"]);
+    command.args(["host", "--no-watch"]);
+    if !args.contains(&"--port") {
+        command.args(["--port", "0"]);
+    }
     if !args.contains(&"--name") {
         command.args(["--name", "test"]);
     }

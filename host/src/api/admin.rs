@@ -101,10 +101,10 @@ pub async fn git_update(
             })
     })
     .await?;
-    if result.status == UpdateStatus::Updated {
-        if let Some(aligner) = &app.aligner {
-            aligner.announce_updated();
-        }
+    if result.status == UpdateStatus::Updated
+        && let Some(aligner) = &app.aligner
+    {
+        aligner.announce_updated();
     }
     if result.restart_required {
         app.restart.notify_one();

@@ -28,7 +28,8 @@ pub struct Aligner {
     key: Option<Arc<str>>,
     /// Long timeout: the update call is synchronous and may build for minutes.
     client: reqwest::Client,
-    /// When each host (by name) was last sent our head, and which requests still run.
+    /// When each host (by URL: a seed is known by its URL before its name) was last sent
+    /// our head, and which requests still run.
     sent: Mutex<(HashMap<String, Instant>, HashSet<String>)>,
 }
 
@@ -89,20 +90,21 @@ impl Aligner {
     /// Sends our applied head to `url` in the background, unless a request to that host
     /// runs or (when not `always`) one was sent within [`EVERY`].
     fn send(self: Arc<Self>, name: String, url: String, always: bool) {
+        let key = url.trim_end_matches('/').to_string();
         {
             let mut sent = lock(&self.sent);
             let (last, running) = &mut *sent;
-            let recent = last.get(&name).is_some_and(|t| t.elapsed() < EVERY);
-            if running.contains(&name) || (recent && !always) {
+            let recent = last.get(&key).is_some_and(|t| t.elapsed() < EVERY);
+            if running.contains(&key) || (recent && !always) {
                 return;
             }
-            last.insert(name.clone(), Instant::now());
-            running.insert(name.clone());
+            last.insert(key.clone(), Instant::now());
+            running.insert(key.clone());
         }
         tokio::spawn(async move {
             let head = self.updater.applied_head();
             let answer = self.post(&url, &head).await;
-            lock(&self.sent).1.remove(&name);
+            lock(&self.sent).1.remove(&key);
             match answer {
                 Ok(answer) if answer["status"] == "target-missing" => tracing::warn!(
                     host = %name, %url, head,

@@ -342,10 +342,10 @@ impl Mesh {
                     None
                 }
             };
-            if let Some(meta) = changed {
-                if shared.tx.send(Event::Meta(meta)).await.is_err() {
-                    return;
-                }
+            if let Some(meta) = changed
+                && shared.tx.send(Event::Meta(meta)).await.is_err()
+            {
+                return;
             }
             lock(&shared.view).forget(unix_now(), self.settings.forget_after);
         }

@@ -147,11 +147,11 @@ impl View {
     /// A leave notice from `id`: listed as `left` until a newer generation shows up.
     pub fn mark_left(&mut self, id: &HostId, now: u64) {
         self.left.insert(id.name.clone(), id.generation);
-        if let Some(entry) = self.entries.get_mut(&id.name) {
-            if entry.id.generation <= id.generation {
-                entry.state = HostState::Left;
-                entry.since = now;
-            }
+        if let Some(entry) = self.entries.get_mut(&id.name)
+            && entry.id.generation <= id.generation
+        {
+            entry.state = HostState::Left;
+            entry.since = now;
         }
     }
 
