@@ -931,3 +931,47 @@ fn a_remote_that_is_not_a_local_path_is_fetched_by_running_git() {
     assert_eq!(result["status"], "fetch-failed", "{result:?}");
     assert!(error_text(&result).contains(&url), "{result:?}");
 }
+
+#[test]
+fn a_pushed_commit_reaches_every_auto_updating_host_of_the_mesh_including_non_seeds() {
+    use paglets_e2e::mesh::{PROBE_MS, row, wait, wait_all};
+    let repos = Repos::new();
+    let (a, b, c) = (repos.clone("a"), repos.clone("b"), repos.clone("c"));
+    let probe = ["--mesh-probe-ms", PROBE_MS];
+    let host_a = repos.host(&a, "state-a", &[&["--name", "a"][..], &probe].concat());
+    let host_b = repos.host(
+        &b,
+        "state-b",
+        &[&["--name", "b", "--peer", &host_a.url][..], &probe].concat(),
+    );
+    // c knows only b: a is not its seed.
+    let c_args = [&["--name", "c", "--peer", &host_b.url][..], &probe].concat();
+    let host_c = repos.host(&c, "state-c", &c_args);
+    wait_all(&[&host_a, &host_b, &host_c], &["a", "b", "c"], "alive");
+
+    let new_head = repos.push(&[("variant", "libdup_counter.so\n")], "flip");
+    assert_eq!(host_c.stop().code(), Some(0));
+    let host_c = repos.host(&c, "state-c", &c_args);
+    assert_eq!(
+        host_c.get("/health").json["git_applied_head"],
+        json!(new_head)
+    );
+    for host in [&host_a, &host_b] {
+        wait("the pushed commit applied on every host", || {
+            (host.get("/health").json["git_applied_head"] == json!(new_head)).then_some(())
+        });
+    }
+    wait("every host compatible again on c", || {
+        ["a", "b"]
+            .iter()
+            .all(|name| row(&host_c, name).is_some_and(|r| r["compatible"] == true))
+            .then_some(())
+    });
+    assert!(
+        host_c
+            .log()
+            .contains("alignment: the host answered the update"),
+        "c logged the answers: {}",
+        host_c.log()
+    );
+}
