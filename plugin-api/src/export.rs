@@ -2,12 +2,14 @@
 //!
 //! Every call from the host runs inside [`guard`], which catches unwinding panics (including
 //! those of serde and of `Drop`), so nothing unwinds across the boundary. `tracing` events
-//! emitted inside a call are forwarded to the host through the instance's context, because a
-//! cdylib has its own copy of tracing's globals.
+//! emitted inside a call are forwarded to the host through the context of the instance whose
+//! code runs, because a cdylib has its own copy of tracing's globals. One subscriber serves
+//! every instance of the library: registering a `Dispatch` costs time proportional to the
+//! dispatchers alive, so one per instance made creating a paglet O(paglets).
 
 use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Once, OnceLock};
 
 use serde_json::Value;
 use tracing::Dispatch;
@@ -73,6 +75,9 @@ macro_rules! __export_paglets {
 thread_local! {
     static IN_GUARD: Cell<bool> = const { Cell::new(false) };
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// The contexts of the instances whose code runs on this thread, innermost last (a
+    /// paglet-to-paglet send may run the target's handler inside the sender's).
+    static RUNNING: RefCell<Vec<Arc<ContextInner>>> = const { RefCell::new(Vec::new()) };
 }
 
 static PANIC_HOOK: Once = Once::new();
@@ -190,13 +195,9 @@ pub(crate) fn create_instance<P: Paglet>(
     let ctx = Context::new(HostLink::new(ctx), class);
     let paglet: P = serde_json::from_str(state)
         .map_err(|e| PagletError::InvalidArgs(format!("state for {class} rejected: {e}")))?;
-    let dispatch = Dispatch::new(Forward {
-        ctx: ctx.inner().clone(),
-    });
     Ok(crate::abi::instance_box(Shim {
         paglet: Some(paglet),
         ctx,
-        dispatch,
     }))
 }
 
@@ -212,7 +213,29 @@ struct Shim<P: Paglet> {
     /// `Some` until dropped; taken in `Drop` so the paglet's own drop runs guarded.
     paglet: Option<P>,
     ctx: Context,
-    dispatch: Dispatch,
+}
+
+/// The library's one `tracing` dispatcher, forwarding to the running instance's context.
+fn forward() -> &'static Dispatch {
+    static FORWARD: OnceLock<Dispatch> = OnceLock::new();
+    FORWARD.get_or_init(|| Dispatch::new(Forward))
+}
+
+/// Marks `ctx` as the running instance's context on this thread until dropped (on unwind
+/// too).
+struct Running;
+
+impl Running {
+    fn enter(ctx: &Context) -> Running {
+        RUNNING.with_borrow_mut(|running| running.push(ctx.inner().clone()));
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.with_borrow_mut(|running| running.pop());
+    }
 }
 
 impl<P: Paglet> Shim<P> {
@@ -221,17 +244,14 @@ impl<P: Paglet> Shim<P> {
         what: &str,
         f: impl FnOnce(&mut P, &Context) -> Result<T, PagletError>,
     ) -> Result<T, PagletError> {
-        let Shim {
-            paglet,
-            ctx,
-            dispatch,
-        } = self;
+        let Shim { paglet, ctx } = self;
         let what = || format!("{} ({}) in {what}", ctx.class(), ctx.id());
         guard(what, Some(ctx), || {
             let paglet = paglet
                 .as_mut()
                 .ok_or_else(|| PagletError::Failed("disposed".into()))?;
-            tracing::dispatcher::with_default(dispatch, || f(paglet, ctx))
+            let _running = Running::enter(ctx);
+            tracing::dispatcher::with_default(forward(), || f(paglet, ctx))
         })
     }
 }
@@ -301,12 +321,17 @@ impl<P: Paglet> Drop for Shim<P> {
     }
 }
 
-/// Forwards `tracing` events from inside a paglet to the host through its context.
-struct Forward {
-    ctx: Arc<ContextInner>,
-}
+/// Forwards `tracing` events from inside a paglet to the host through the context of the
+/// instance running on this thread.
+struct Forward;
 
 impl tracing::Subscriber for Forward {
+    fn register_callsite(&self, _: &'static Metadata<'static>) -> tracing_core::Interest {
+        #[cfg(test)]
+        tests::REGISTRATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing_core::Interest::always()
+    }
+
     fn enabled(&self, _: &Metadata<'_>) -> bool {
         true
     }
@@ -323,9 +348,11 @@ impl tracing::Subscriber for Forward {
         let mut text = EventText::default();
         event.record(&mut text);
         let meta = event.metadata();
-        self.ctx
-            .link
-            .log(*meta.level(), meta.target(), &text.finish());
+        // Cloned out first: logging must not hold the borrow (nothing re-enters, but a
+        // borrow across a host call is a trap).
+        if let Some(ctx) = RUNNING.with_borrow(|running| running.last().cloned()) {
+            ctx.link.log(*meta.level(), meta.target(), &text.finish());
+        }
     }
 
     fn enter(&self, _: &span::Id) {}
@@ -367,6 +394,93 @@ impl tracing_core::field::Visit for EventText {
         } else {
             self.fields
                 .push_str(&format!(" {}={value:?}", field.name()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    /// Calls of [`Forward`]'s `register_callsite`: tracing makes one per callsite for every
+    /// dispatcher registered, so it counts dispatcher registrations.
+    pub(super) static REGISTRATIONS: AtomicUsize = AtomicUsize::new(0);
+
+    #[cfg(feature = "testing")]
+    mod with_harness {
+        use std::sync::atomic::Ordering;
+
+        use serde::{Deserialize, Serialize};
+        use serde_json::{Value, json};
+
+        use super::REGISTRATIONS;
+        use crate::testing::PagletTest;
+        use crate::{Context, Message, Paglet, PagletError, Reply};
+
+        /// Logs around forwarding a message, so nested logs can be told apart.
+        #[derive(Default, Serialize, Deserialize)]
+        struct Chatty {
+            said: u64,
+        }
+
+        impl Paglet for Chatty {
+            fn handle_message(
+                &mut self,
+                ctx: &Context,
+                msg: Message,
+            ) -> Result<Reply, PagletError> {
+                self.said += 1;
+                tracing::info!("before {}", msg.kind);
+                if let Some(to) = msg.args.get("to").and_then(Value::as_str) {
+                    ctx.send(to, "inner", Value::Null)?;
+                }
+                tracing::info!("after {}", msg.kind);
+                Reply::new(Value::Null)
+            }
+        }
+
+        const CLASS: &str = "plugin_api::Chatty";
+
+        #[test]
+        fn creating_an_instance_registers_no_dispatcher_of_its_own() {
+            let test = PagletTest::new::<Chatty>();
+            // Warm up: the first call registers the library's dispatcher and the callsites.
+            let first = test.create(CLASS, json!({})).expect("create");
+            test.send(&first, "hello", Value::Null).expect("send");
+            let before = REGISTRATIONS.load(Ordering::Relaxed);
+            for _ in 0..200 {
+                test.create(CLASS, json!({})).expect("create");
+            }
+            let added = REGISTRATIONS.load(Ordering::Relaxed) - before;
+            // One registration per instance made creating O(instances); a few may come from
+            // other tests registering new callsites meanwhile.
+            assert!(added < 50, "{added} callsite registrations for 200 creates");
+        }
+
+        #[test]
+        fn logs_of_a_nested_call_go_to_the_instance_that_logged() {
+            let test = PagletTest::new::<Chatty>();
+            let outer = test
+                .create_with_id(CLASS, "outer", json!({}))
+                .expect("create");
+            let inner = test
+                .create_with_id(CLASS, "inner", json!({}))
+                .expect("create");
+            test.send(&outer, "outer", json!({"to": inner}))
+                .expect("send");
+            let lines: Vec<(String, String)> = test
+                .logs()
+                .into_iter()
+                .map(|line| (line.id, line.message))
+                .collect();
+            let expected = [
+                ("outer", "before outer"),
+                ("inner", "before inner"),
+                ("inner", "after inner"),
+                ("outer", "after outer"),
+            ]
+            .map(|(id, message)| (id.to_string(), message.to_string()));
+            assert_eq!(lines, expected);
         }
     }
 }
