@@ -125,6 +125,10 @@ pub struct HostArgs {
     /// Load from folders or files that other users can write to.
     #[arg(long)]
     pub allow_insecure_paths: bool,
+    /// Refuse library files larger than this, before copying them: bytes, or with KiB, MiB,
+    /// GiB [default: 512MiB].
+    #[arg(long, value_parser = crate::config::parse_size)]
+    pub max_library_size: Option<u64>,
     /// Threads that run paglet handlers [default: 8].
     #[arg(long)]
     pub workers: Option<usize>,

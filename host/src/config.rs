@@ -53,6 +53,8 @@ pub struct HostConfig {
     pub max_connections: usize,
     /// Load from folders other users can write.
     pub allow_insecure_paths: bool,
+    /// Larger library files are refused before they are copied.
+    pub max_library_size: u64,
     /// Worker threads for paglet code.
     pub workers: usize,
     /// Git auto-update, when on.
@@ -130,7 +132,53 @@ struct HostSection {
     header_timeout: Option<u64>,
     max_connections: Option<usize>,
     allow_insecure_paths: Option<bool>,
+    max_library_size: Option<Size>,
     workers: Option<usize>,
+}
+
+/// A size in the launch config: bytes, or a string like the flag's (`"64MiB"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Size {
+    fn bytes(self, key: &str) -> Result<u64, UsageError> {
+        match self {
+            Size::Bytes(n) => Ok(n),
+            Size::Text(text) => {
+                parse_size(&text).map_err(|e| UsageError(format!("[host] {key}: {e}")))
+            }
+        }
+    }
+}
+
+/// Parses a size: bytes, or a number with `KiB`, `MiB` or `GiB` (`K`, `M`, `G` too).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        other => {
+            return Err(format!(
+                "'{text}': unknown unit '{other}' (use bytes, KiB, MiB or GiB)"
+            ));
+        }
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 536870912 or 512MiB)"))?;
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("'{text}' is too large"))
 }
 
 /// `[host] property`: a table, or a list of `KEY=VALUE` strings like the flag.
@@ -391,6 +439,11 @@ impl HostConfig {
                 .clamp(1, 1 << 20),
             allow_insecure_paths: args.allow_insecure_paths
                 || host.allow_insecure_paths.unwrap_or(false),
+            max_library_size: match (args.max_library_size, host.max_library_size) {
+                (Some(bytes), _) => bytes,
+                (None, Some(size)) => size.bytes("max_library_size")?,
+                (None, None) => crate::registry::DEFAULT_MAX_LIBRARY_SIZE,
+            },
             workers: args.workers.or(host.workers).unwrap_or(8),
             auto_update,
             startup: file.startup,
@@ -401,6 +454,21 @@ impl HostConfig {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sizes_are_bytes_or_binary_units() {
+        assert_eq!(super::parse_size("4096"), Ok(4096));
+        assert_eq!(super::parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(super::parse_size("2 GiB"), Ok(2 << 30));
+        assert_eq!(super::parse_size("64K"), Ok(64 << 10));
+        for bad in ["", "MiB", "12XB", "-1", "99999999999999999999G"] {
+            assert!(super::parse_size(bad).is_err(), "{bad}");
+        }
+        let file: super::LaunchFile =
+            toml::from_str("[host]\nmax_library_size = \"1KiB\"\n").expect("parses");
+        let size = file.host.max_library_size.expect("set");
+        assert_eq!(size.bytes("max_library_size").expect("valid"), 1024);
+    }
+
     #[test]
     fn loopback_addresses() {
         for host in ["127.0.0.1", "::1", "localhost", "127.0.0.2"] {

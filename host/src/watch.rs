@@ -60,11 +60,10 @@ pub fn spawn(runtime: Arc<Runtime>, paths: Vec<PathBuf>) -> notify::Result<()> {
                 if runtime.is_shutting_down() {
                     return;
                 }
-                if runtime.watch_paused() {
-                    // An update is building; it rescans itself when done.
+                // Paused: an update is building; it rescans itself when done.
+                let Some(reply) = runtime.rescan_unless_paused() else {
                     continue;
-                }
-                let reply = runtime.rescan();
+                };
                 if reply.changed() {
                     let text = serde_json::to_string(&reply).unwrap_or_default();
                     tracing::info!("rescan: {text}");

@@ -3,8 +3,9 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::Command;
 
-use paglets_e2e::{PluginDir, TestHost, example, fixture, paglets, wait_for};
+use paglets_e2e::{PluginDir, TestHost, example, fixture, paglets, run_ok, wait_for};
 use serde_json::{Value, json};
 
 fn library_error(host: &TestHost, file: &str) -> Option<String> {
@@ -284,4 +285,103 @@ fn group_writable_and_foreign_files_and_folders_are_refused_and_the_rest_served(
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let report: Value = serde_json::from_slice(&output.stdout).expect("json");
     check(refusals(&report["errors"]));
+}
+
+fn mkfifo(path: &Path) {
+    run_ok(Command::new("mkfifo").arg(path));
+}
+
+#[test]
+fn a_fifo_named_like_a_library_blocks_nothing() {
+    let plugins = PluginDir::new();
+    plugins.add(&example("counter"));
+    mkfifo(&plugins.path().join("libx.so"));
+    // Before the fix the first scan opened the FIFO and waited for a writer forever.
+    let host = TestHost::start(&[plugins.path()], &["--watch"]);
+    let id = host.create("counter::Counter", json!({}));
+    assert_eq!(
+        host.send(&id, "increment", Value::Null).json["reply"]["count"],
+        1
+    );
+    // One more FIFO, then a library after it: the watcher's scan gets past the FIFO.
+    mkfifo(&plugins.path().join("liby.so"));
+    plugins.add(&example("hello"));
+    wait_for("the watcher to load hello past the FIFO", || {
+        let classes = host.get("/classes").json;
+        classes
+            .as_array()?
+            .iter()
+            .any(|c| c["class"] == "hello::Hello")
+            .then_some(())
+    });
+    assert_eq!(host.get("/health").status, 200);
+    assert_eq!(
+        host.send(&id, "increment", Value::Null).json["reply"]["count"],
+        2
+    );
+    let libraries = host.get("/libraries").json;
+    let paths: Vec<&str> = libraries
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|l| l["path"].as_str())
+        .collect();
+    assert!(
+        paths
+            .iter()
+            .all(|p| !p.ends_with("libx.so") && !p.ends_with("liby.so")),
+        "{libraries}"
+    );
+}
+
+#[test]
+fn big_junk_and_refused_files_are_checked_before_copying_and_leave_no_copies() {
+    let plugins = PluginDir::new();
+    plugins.add(&example("counter"));
+    // 3 GiB that start like an ELF file, sparse: nothing is written but the first bytes.
+    let big = plugins.write("libbig.so", b"\x7fELF");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&big)
+        .and_then(|f| f.set_len(3 << 30))
+        .expect("a sparse 3 GiB file");
+    plugins.write("libjunk.so", b"junk that is no library");
+    // Pass the checks before copying, and are refused after: their copies are deleted.
+    plugins.add(&fixture("dup-counter"));
+    plugins.add(&fixture("old-abi"));
+    let host = TestHost::start(&[plugins.path()], &["--max-library-size", "64MiB"]);
+    let error = |file: &str| library_error(&host, file).unwrap_or_default();
+    assert!(
+        error("libbig.so")
+            .contains("3221225472 bytes, more than the --max-library-size of 67108864 bytes"),
+        "{}",
+        error("libbig.so")
+    );
+    assert!(
+        error("libjunk.so").contains("not an ELF file"),
+        "{}",
+        error("libjunk.so")
+    );
+    assert!(
+        error("libdup_counter.so").contains("already provided by"),
+        "{}",
+        error("libdup_counter.so")
+    );
+    assert!(
+        error("libold_abi.so").contains("ABI"),
+        "{}",
+        error("libold_abi.so")
+    );
+    let id = host.create("counter::Counter", json!({}));
+    assert_eq!(
+        host.send(&id, "increment", Value::Null).json["reply"]["count"],
+        1
+    );
+    // The copies folder holds the counter's copy, and nothing of the refused files.
+    let copies: Vec<String> = std::fs::read_dir(host.persistence.join("libs"))
+        .expect("the copies folder")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert!(copies[0].starts_with("libcounter-"), "{copies:?}");
 }

@@ -49,14 +49,14 @@ pub async fn libraries(State(app): State<AppState>) -> Json<Value> {
 
 /// `POST /admin/rescan`: what changed, and which instances moved.
 pub async fn rescan(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
-    if app.runtime.watch_paused() {
-        // A git update is building: a rescan now could load a half-built library.
-        return Err(ApiError::conflict(
-            "a git update is running; it rescans when its build is done",
-        ));
-    }
     let rt = app.runtime.clone();
-    let reply = blocking(move || Ok(rt.rescan())).await?;
+    let reply = blocking(move || {
+        // A git update is building: a rescan now could load a half-built library.
+        rt.rescan_unless_paused().ok_or_else(|| {
+            ApiError::conflict("a git update is running; it rescans when its build is done")
+        })
+    })
+    .await?;
     Ok(Json(json!(reply)))
 }
 

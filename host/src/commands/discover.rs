@@ -22,7 +22,7 @@ pub fn run(args: DiscoverArgs) -> CommandResult {
     let out = StdoutAside::new().context("redirect stdout while loading")?;
     // Discover loads files in place: it runs no host and writes no private copies. It
     // refuses what a host would refuse, insecure folders included.
-    let mut registry = Registry::new(None, false)
+    let registry = Registry::new(None, false)
         .context("set up the registry")?
         .quiet();
     let mut scan = registry.scan(&args.paths);

@@ -51,7 +51,8 @@ pub fn run(args: Box<HostArgs>) -> CommandResult {
         Some(config.persistence_dir.join("libs")),
         config.allow_insecure_paths,
     )
-    .context("prepare the private library copies")?;
+    .context("prepare the private library copies")?
+    .max_library_size(config.max_library_size);
     let runtime = Runtime::new(
         config.name.clone(),
         config.paths.clone(),

@@ -11,7 +11,8 @@ use super::{FileError, Registry};
 impl Registry {
     /// Every file seen, for `GET /libraries`, then every folder that could not be scanned.
     pub fn library_views(&self) -> Vec<LibraryView> {
-        let folders = self.folder_errors.iter().map(|(path, error)| LibraryView {
+        let state = self.state();
+        let folders = state.folder_errors.iter().map(|(path, error)| LibraryView {
             path: path.clone(),
             loaded_from: None,
             sha256: None,
@@ -25,7 +26,8 @@ impl Registry {
             retrying: Some(false),
             migration_errors: Vec::new(),
         });
-        self.files
+        state
+            .files
             .iter()
             .map(|(path, slot)| {
                 let lib = slot.current.as_deref();
@@ -59,10 +61,12 @@ impl Registry {
 
     /// Every loadable class, for `GET /classes`.
     pub fn class_views(&self) -> Vec<ClassView> {
-        self.classes
+        let state = self.state();
+        state
+            .classes
             .iter()
             .filter_map(|(class, path)| {
-                let lib = self.files.get(path)?.current.as_ref()?;
+                let lib = state.files.get(path)?.current.as_ref()?;
                 let info = lib.library.class(class)?;
                 Some(ClassView {
                     class: class.clone(),

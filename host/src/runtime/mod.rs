@@ -57,12 +57,11 @@ pub enum RuntimeError {
 pub struct Runtime {
     host_name: String,
     paths: Vec<PathBuf>,
-    registry: Mutex<Registry>,
+    registry: Registry,
     paglets: RwLock<HashMap<String, Arc<Paglet>>>,
     pool: Pool,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
-    watch_paused: AtomicBool,
     /// Saved paglets whose class is not loaded; kept and saved again.
     unrestored: Mutex<Vec<Saved>>,
     me: Weak<Runtime>,
@@ -134,12 +133,11 @@ impl Runtime {
         Ok(Arc::new_cyclic(|me| Runtime {
             host_name,
             paths,
-            registry: Mutex::new(registry),
+            registry,
             paglets: RwLock::default(),
             pool,
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
-            watch_paused: AtomicBool::new(false),
             unrestored: Mutex::default(),
             me: me.clone(),
         }))
@@ -151,8 +149,8 @@ impl Runtime {
     }
 
     /// The registry, locked.
-    pub fn registry(&self) -> MutexGuard<'_, Registry> {
-        lock(&self.registry)
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     fn paglet(&self, id: &str) -> Result<Arc<Paglet>, RuntimeError> {
@@ -318,14 +316,10 @@ impl Runtime {
         *lock(&self.unrestored) = missing;
     }
 
-    /// Pauses (or resumes) rescans by the folder watcher, e.g. while a build runs.
+    /// Pauses (or resumes) rescans by the folder watcher and `POST /admin/rescan`, e.g. while
+    /// a build runs. Pausing waits for a rescan that is scanning to end.
     pub fn pause_watch(&self, paused: bool) {
-        self.watch_paused.store(paused, Ordering::Release);
-    }
-
-    /// True while the watcher must not rescan.
-    pub fn watch_paused(&self) -> bool {
-        self.watch_paused.load(Ordering::Acquire)
+        self.registry.pause(paused);
     }
 
     /// Refuses new work from now on.

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::Runtime;
 use super::paglet::{Job, Paglet, QueueAt, Replier};
-use crate::registry::{FileError, LoadedLib};
+use crate::registry::{FileError, LoadedLib, ScanReport};
 
 /// How long a rescan waits for idle paglets to migrate before listing them as pending.
 const MIGRATION_WAIT: Duration = Duration::from_secs(2);
@@ -62,7 +62,18 @@ struct Migrations {
 impl Runtime {
     /// Scans the paths and migrates the paglets of reloaded libraries.
     pub fn rescan(&self) -> RescanReply {
-        let report = self.registry().scan(&self.paths);
+        self.reload(self.registry().scan(&self.paths))
+    }
+
+    /// [`Runtime::rescan`] unless the watcher is paused (an update is building): `None` then.
+    /// The check and the scan are one critical section with [`Runtime::pause_watch`].
+    pub fn rescan_unless_paused(&self) -> Option<RescanReply> {
+        let report = self.registry().scan_unless_paused(&self.paths)?;
+        Some(self.reload(report))
+    }
+
+    /// Migrates the paglets of the libraries `report` reloaded.
+    fn reload(&self, report: ScanReport) -> RescanReply {
         let (tx, rx) = std::sync::mpsc::channel();
         let mut queued = Vec::new();
         for lib in &report.reloaded {
