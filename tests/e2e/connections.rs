@@ -191,3 +191,50 @@ fn a_wildcard_bind_with_a_key_is_allowed_and_answers_with_the_key() {
         401
     );
 }
+
+/// The soft and hard `Max open files` of process `pid`.
+fn descriptor_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    let soft = fields.next().expect("soft").to_string();
+    let hard = fields.next().expect("hard").to_string();
+    (soft, hard)
+}
+
+#[test]
+fn the_host_raises_its_soft_descriptor_limit_to_the_hard_one() {
+    let plugins = PluginDir::with_examples();
+    let persistence = tempfile::tempdir().expect("temp dir");
+    let mut command = paglets_e2e::host_command(&[plugins.path()], &[], persistence.path());
+    // SAFETY: `setrlimit` is async-signal-safe and changes only the child being set up.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            let limit = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 4096,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .env_remove("PAGLETS_API_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("the listening line");
+    let limits = descriptor_limits(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("listening at"), "{line}");
+    assert_eq!(limits, ("4096".to_string(), "4096".to_string()));
+}

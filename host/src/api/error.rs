@@ -232,4 +232,41 @@ mod tests {
             assert_eq!(api.message, err.to_string());
         }
     }
+
+    async fn shaped(response: Response) -> (StatusCode, serde_json::Value) {
+        let response = super::json_errors(response).await;
+        let status = response.status();
+        let kind = response.headers().get(header::CONTENT_TYPE).cloned();
+        assert_eq!(
+            kind.as_ref().map(|v| v.as_bytes()),
+            Some(&b"application/json"[..])
+        );
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .expect("body");
+        (status, serde_json::from_slice(&body).expect("JSON"))
+    }
+
+    #[tokio::test]
+    async fn plain_text_rejections_get_the_error_shape() {
+        let plain = (
+            StatusCode::BAD_REQUEST,
+            "Failed to deserialize query string",
+        )
+            .into_response();
+        let (status, body) = shaped(plain).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["code"], "bad-request");
+        assert_eq!(
+            body["error"]["message"],
+            "Failed to deserialize query string"
+        );
+        let (status, body) = shaped(StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response()).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(body["error"]["code"], "unsupported-media-type");
+        assert_eq!(body["error"]["message"], "Unsupported Media Type");
+        // Our own errors pass through untouched.
+        let (_, body) = shaped(super::ApiError::conflict("taken").into_response()).await;
+        assert_eq!(body["error"]["code"], "conflict");
+    }
 }
