@@ -172,6 +172,29 @@ fn a_blank_api_key_is_no_key_so_a_wildcard_bind_is_refused() {
 }
 
 #[test]
+fn public_url_needs_a_key_and_a_url() {
+    let plugins = PluginDir::with_examples();
+    let persistence = tempfile::tempdir().expect("temp dir");
+    for (url, key, says) in [
+        ("http://paglets.example:8765", "", "needs an API key"),
+        ("paglets.example:8765", "k", "--public-url"),
+        ("ftp://paglets.example", "k", "http://"),
+    ] {
+        let output = paglets_e2e::host_command(
+            &[plugins.path()],
+            &["--public-url", url],
+            persistence.path(),
+        )
+        .env("PAGLETS_API_KEY", key)
+        .output()
+        .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{url}: {stderr}");
+        assert!(stderr.contains(says), "{url}: {stderr}");
+    }
+}
+
+#[test]
 fn a_wildcard_bind_with_a_key_is_allowed_and_answers_with_the_key() {
     let plugins = PluginDir::with_examples();
     let persistence = tempfile::tempdir().expect("temp dir");

@@ -666,4 +666,32 @@ mod tests {
         registry.pause(false);
         assert!(registry.scan_unless_paused(&dirs).is_some());
     }
+
+    #[test]
+    fn a_folder_that_cannot_be_listed_says_why_and_only_a_missing_one_is_awaited() {
+        let base = std::env::temp_dir().join(format!("paglets-scan-{}", std::process::id()));
+        std::fs::create_dir_all(&base).expect("mkdir");
+        let file = base.join("not-a-folder");
+        std::fs::write(&file, b"x").expect("write");
+        let missing = base.join("missing");
+        let registry = super::Registry::new(None, true).expect("registry");
+        let report = registry.scan(&[file.clone(), missing.clone()]);
+        let error = |path: &Path| {
+            report
+                .errors
+                .iter()
+                .find(|e| e.path == path)
+                .map(|e| e.error.clone())
+                .unwrap_or_default()
+        };
+        // ENOTDIR stands for any reason but absence (EACCES, EMFILE): said as it is.
+        let unlistable = error(&file);
+        assert!(
+            unlistable.contains("cannot list the folder"),
+            "{unlistable}"
+        );
+        assert!(!unlistable.contains("picked up"), "{unlistable}");
+        assert!(error(&missing).contains("picked up when it appears"));
+        std::fs::remove_dir_all(&base).expect("cleanup");
+    }
 }
