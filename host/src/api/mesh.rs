@@ -17,6 +17,7 @@ pub async fn hosts(State(app): State<AppState>) -> Json<Value> {
 
 /// `GET /mesh/identity`: what a joining host announces itself to.
 pub async fn identity(State(app): State<AppState>) -> Json<Value> {
+    app.mesh.count_request();
     Json(json!(app.mesh.identity(&app.url)))
 }
 

@@ -17,6 +17,7 @@ mod transport;
 mod view;
 mod wire;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -106,6 +107,8 @@ pub struct Mesh {
     refused_logged: Mutex<Option<Instant>>,
     /// Wire versions already logged.
     versions_logged: Mutex<Vec<u8>>,
+    /// Mesh requests received (`/mesh/swim` and `/mesh/identity`).
+    received: AtomicU64,
 }
 
 /// Unix seconds now.
@@ -162,6 +165,7 @@ impl Mesh {
             generation,
             refused_logged: Mutex::new(None),
             versions_logged: Mutex::new(Vec::new()),
+            received: AtomicU64::new(0),
         });
         if let (Some(shared), Some(rx)) = (shared, inbox) {
             let config = swim::config(settings.probe_period, settings.forget_after);
@@ -200,8 +204,14 @@ impl Mesh {
         }
     }
 
+    /// Counts one mesh request received from another host.
+    pub fn count_request(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Hands one `POST /mesh/swim` body to the membership task, after checking it.
     pub fn receive(&self, body: &[u8]) -> Result<(), MeshError> {
+        self.count_request();
         let Some(shared) = &self.shared else {
             return Err(MeshError::Disabled);
         };
@@ -272,6 +282,8 @@ impl Mesh {
             "left": counts.left,
             "generation": self.generation,
             "seq": lock(&self.own).seq,
+            "requests_sent": self.shared.as_ref().map_or(0, |s| s.transport.sent()),
+            "requests_received": self.received.load(Ordering::Relaxed),
         })
     }
 

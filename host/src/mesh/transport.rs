@@ -4,6 +4,7 @@
 //! logged once per URL, not every second.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +39,8 @@ pub struct Transport {
     key: Option<Arc<str>>,
     /// `(url, what)` pairs already logged.
     logged: Mutex<HashSet<(String, &'static str)>>,
+    /// Requests sent so far (for `/health` and the benchmarks).
+    sent: AtomicU64,
 }
 
 impl Transport {
@@ -54,7 +57,13 @@ impl Transport {
             client,
             key,
             logged: Mutex::new(HashSet::new()),
+            sent: AtomicU64::new(0),
         })
+    }
+
+    /// How many requests this host sent to other hosts.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// True the first time `(url, what)` is seen: log then, stay quiet afterwards.
@@ -72,6 +81,7 @@ impl Transport {
     }
 
     fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        self.sent.fetch_add(1, Ordering::Relaxed);
         match &self.key {
             Some(key) => request.bearer_auth(key),
             None => request,
