@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 
 use paglets_e2e::mesh::{
-    MESH_DEADLINE, log_count, post_bytes, row, signal, start, start_in, state, wait, wait_all,
+    log_count, post_bytes, row, signal, start, start_in, state, wait, wait_all,
 };
 use paglets_e2e::{PluginDir, TestHost};
 use serde_json::json;
@@ -254,8 +254,8 @@ fn without_the_mesh_a_host_lists_only_itself() {
         (json!("solo"), json!(true))
     );
     assert_eq!(solo.get("/health").json["mesh"]["enabled"], false);
-    // Long enough for several announcement rounds of a meshed host.
+    // Nothing to wait for: long enough for several announcement rounds (1.5 s apart here) of
+    // a meshed host, which would have joined a by then.
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert_eq!(names(&a), ["a"]);
-    assert!(MESH_DEADLINE.as_secs() > 3);
 }
