@@ -324,6 +324,10 @@ impl TestHost {
             stderr,
             http: reqwest::blocking::Client::builder()
                 .timeout(DEADLINE)
+                // A new connection per request: the host closes idle ones after its header
+                // timeout (1 s in some tests), and reusing one just as it closes would fail
+                // a request for a reason no test is about.
+                .pool_max_idle_per_host(0)
                 .build()
                 .expect("client"),
         };
