@@ -91,6 +91,13 @@ pub struct HostArgs {
     /// Where private library copies and saved paglets live [default: ~/.paglets/hosts/NAME].
     #[arg(long)]
     pub persistence_dir: Option<PathBuf>,
+    /// When state changes reach the database: within --checkpoint-ms (interval), before the
+    /// reply (sync), or at graceful shutdown only (shutdown) [default: interval].
+    #[arg(long, value_enum)]
+    pub durability: Option<crate::store::Durability>,
+    /// In interval mode, the longest a change waits to be written, in ms [default: 100].
+    #[arg(long)]
+    pub checkpoint_ms: Option<u64>,
     /// Watch the folders and reload changed libraries (the default).
     #[arg(long, overrides_with = "no_watch")]
     pub watch: bool,

@@ -41,6 +41,10 @@ pub struct HostConfig {
     pub api_key: Option<String>,
     /// The persistence dir.
     pub persistence_dir: PathBuf,
+    /// When state changes reach the database.
+    pub durability: crate::store::Durability,
+    /// In `interval` mode, the longest a change waits to be written.
+    pub checkpoint: Duration,
     /// Watch the folders.
     pub watch: bool,
     /// Grace for running handlers at shutdown.
@@ -122,6 +126,8 @@ struct HostSection {
     allow_unauthenticated: Option<bool>,
     public_url: Option<String>,
     persistence_dir: Option<PathBuf>,
+    durability: Option<crate::store::Durability>,
+    checkpoint_ms: Option<u64>,
     watch: Option<bool>,
     auto_update_from_git: Option<bool>,
     build_command: Option<String>,
@@ -405,6 +411,10 @@ impl HostConfig {
                     .unwrap_or(3600),
             ),
         };
+        let checkpoint_ms = args.checkpoint_ms.or(host.checkpoint_ms).unwrap_or(100);
+        if checkpoint_ms == 0 {
+            return Err(UsageError("--checkpoint-ms must be at least 1".into()));
+        }
         Ok(HostConfig {
             name,
             paths,
@@ -421,6 +431,8 @@ impl HostConfig {
             properties,
             api_key,
             persistence_dir,
+            durability: args.durability.or(host.durability).unwrap_or_default(),
+            checkpoint: Duration::from_millis(checkpoint_ms),
             watch,
             shutdown_grace: Duration::from_secs(
                 args.shutdown_grace.or(host.shutdown_grace).unwrap_or(10),

@@ -13,6 +13,7 @@ mod mesh;
 mod persist;
 mod registry;
 mod runtime;
+mod store;
 mod update;
 mod watch;
 

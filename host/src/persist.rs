@@ -1,27 +1,12 @@
-//! The persistence dir: who owns it, and the paglets saved at shutdown.
+//! The persistence dir's owner: one host at a time.
 //!
 //! Layout: `owner.lock` (held with `flock` by the running host, holding its pid),
-//! `paglets.json` (the saved paglets, written atomically) and `libs/` (private copies).
+//! `paglets.db` (the store, see `store/`) and `libs/` (private copies).
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-
-use anyhow::Context as _;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-
-/// One saved paglet.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Saved {
-    /// Its id.
-    pub id: String,
-    /// Its class.
-    pub class: String,
-    /// Its state.
-    pub state: Value,
-}
 
 /// Ownership of a persistence dir, released when the process ends.
 pub struct DirLock {
@@ -81,27 +66,4 @@ impl DirLock {
         write!(file, "{}", std::process::id()).map_err(io)?;
         Ok(DirLock { _file: file })
     }
-}
-
-/// Reads the saved paglets; none when nothing was saved.
-pub fn load(dir: &Path) -> anyhow::Result<Vec<Saved>> {
-    let path = dir.join("paglets.json");
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not a saved-paglets file", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
-
-/// Saves paglets atomically: a temp file, synced, then renamed over the old one.
-pub fn save(dir: &Path, saved: &[Saved]) -> anyhow::Result<()> {
-    let path = dir.join("paglets.json");
-    let tmp = dir.join(".paglets.json.tmp");
-    let bytes = serde_json::to_vec_pretty(saved).context("encode saved paglets")?;
-    let mut file = File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("rename to {}", path.display()))?;
-    Ok(())
 }

@@ -5,6 +5,7 @@ mod bad_libraries;
 mod cli;
 mod connections;
 mod discover;
+mod durable;
 mod git_update;
 mod http_api;
 mod http_edges;

@@ -569,3 +569,53 @@ pub fn keep_busy(host: &std::sync::Arc<TestHost>, id: &str) -> std::thread::Join
     });
     running
 }
+
+impl TestHost {
+    /// `POST path` with a JSON body; a transport failure (the host is gone) is an `Err`
+    /// instead of a panic.
+    pub fn try_post(&self, path: &str, body: &Value) -> Result<Answer, String> {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(key) = &self.key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let text = response.text().map_err(|e| e.to_string())?;
+        Ok(Answer {
+            status,
+            json: serde_json::from_str(&text).unwrap_or(Value::Null),
+            www_authenticate: None,
+        })
+    }
+
+    /// Kills the host with SIGKILL (a crash: nothing runs on the way out) and reaps it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `command` (a host expected to stop by itself) to its exit, killing it if it still
+/// runs after [`DEADLINE`]; returns its output.
+pub fn run_to_exit(command: &mut Command) -> std::process::Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || drop(tx.send(child.wait_with_output())));
+    match rx.recv_timeout(DEADLINE) {
+        Ok(output) => output.expect("wait for the process"),
+        Err(_) => {
+            // SAFETY: SIGKILL to the child this function spawned and has not reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("the process did not exit within {DEADLINE:?}");
+        }
+    }
+}

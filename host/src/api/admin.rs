@@ -15,6 +15,7 @@ pub async fn health(State(app): State<AppState>) -> Json<Value> {
     let applied = updater.map(|u| u.applied());
     let libraries = app.runtime.registry().loaded_count();
     let me = app.mesh.own_meta();
+    let persistence = app.runtime.persistence();
     Json(json!({
         "name": config.name,
         "url": &*app.url,
@@ -28,6 +29,9 @@ pub async fn health(State(app): State<AppState>) -> Json<Value> {
         "peers": config.peers,
         "paglets": me.paglets,
         "libraries": libraries,
+        "durability": app.config.durability,
+        "persistence": persistence.label(),
+        "persistence_error": persistence.error(),
         "auto_update_from_git": me.auto_update_from_git,
         "git_head": updater.and_then(|u| u.head()),
         "git_process_start_head": updater.map(|u| u.process_start_head()),

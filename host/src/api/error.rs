@@ -138,6 +138,9 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::BadId(_) => Self::bad_request(message),
             RuntimeError::Paglet(e) => e.into(),
             RuntimeError::ShuttingDown => Self::shutting_down(),
+            RuntimeError::NotPersisted(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "not-persisted", message)
+            }
         }
     }
 }

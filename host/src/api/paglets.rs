@@ -79,7 +79,7 @@ pub async fn send(
         .send(&id, &body.kind, args, Box::new(move |r| drop(tx.send(r))))?;
     let reply = rx
         .await
-        .unwrap_or_else(|_| Err(PagletError::failed("the reply was dropped")))?;
+        .unwrap_or_else(|_| Err(PagletError::failed("the reply was dropped").into()))?;
     // The reply is JSON text serialised by the paglet's serde_json; wrap it without a re-parse.
     let body = format!("{{\"reply\":{reply}}}");
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())

@@ -13,9 +13,10 @@ use crate::cli::HostArgs;
 use crate::config::HostConfig;
 use crate::mesh::align::Aligner;
 use crate::mesh::{HostMeta, LocalMeta, Mesh};
-use crate::persist::{self, DirLock, LockError};
+use crate::persist::{DirLock, LockError};
 use crate::registry::Registry;
 use crate::runtime::{Origin, Runtime};
+use crate::store::Store;
 use crate::update::Updater;
 
 /// Set in the environment of a host re-executed because its startup build rebuilt it.
@@ -28,6 +29,9 @@ pub fn run(args: Box<HostArgs>) -> CommandResult {
         LockError::Owned { .. } => Failure::Usage(e.to_string()),
         other => Failure::Failed(other.into()),
     })?;
+    // Before anything else touches the dir: a damaged database stops the start untouched.
+    let (store, stored) = Store::open(&config.persistence_dir, config.durability)
+        .map_err(|e| Failure::Failed(e.into()))?;
     let updater = match &config.auto_update {
         Some(settings) => {
             Some(Arc::new(Updater::start(settings.clone()).map_err(|e| {
@@ -60,9 +64,10 @@ pub fn run(args: Box<HostArgs>) -> CommandResult {
         config.workers,
     )
     .context("start the worker pool")?;
+    runtime.attach_store(Arc::new(store), config.durability, config.checkpoint);
     // Each refused file or folder is logged by the registry as it is found.
     runtime.rescan();
-    runtime.restore(persist::load(&config.persistence_dir)?);
+    runtime.restore(stored);
     for entry in &config.startup {
         if runtime.exists(&entry.id) {
             continue;
@@ -173,11 +178,15 @@ async fn serve(
     );
     runtime.begin_shutdown();
     let (rt, grace) = (runtime.clone(), config.shutdown_grace);
-    let saved = tokio::task::spawn_blocking(move || rt.snapshot(grace))
+    let saved = tokio::task::spawn_blocking(move || rt.save_at_shutdown(grace))
         .await
-        .context("snapshot")?;
-    persist::save(&config.persistence_dir, &saved)?;
-    tracing::info!(saved = saved.len(), dir = %config.persistence_dir.display(), "paglets saved");
+        .context("save the paglets")?;
+    match saved {
+        Ok(saved) => {
+            tracing::info!(saved, dir = %config.persistence_dir.display(), "paglets saved")
+        }
+        Err(e) => tracing::error!("paglets not saved at shutdown: {e}"),
+    }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
     match (restarting, &updater) {

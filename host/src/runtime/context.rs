@@ -56,12 +56,15 @@ impl Runtime {
         } else {
             wait()
         };
-        answer.unwrap_or_else(|_| {
-            Err(PagletError::Failed(format!(
+        match answer {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(RuntimeError::Paglet(e))) => Err(e),
+            Ok(Err(e)) => Err(PagletError::Failed(e.to_string())),
+            Err(_) => Err(PagletError::Failed(format!(
                 "no reply from {to} within {}s",
                 SEND_TIMEOUT.as_secs()
-            )))
-        })
+            ))),
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! host context paglets talk to.
 
 mod context;
+mod durable;
 mod inline;
 mod paglet;
 mod pool;
@@ -10,15 +11,15 @@ mod reload;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
+use std::time::Duration;
 
 use plugin_api::{Hook, PagletError};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::persist::Saved;
-use crate::registry::{ClassError, Registry, unix_seconds};
+use crate::registry::{ClassError, LoadedLib, Registry, unix_seconds};
+use crate::store::Record;
 pub use context::HostContext;
 pub use paglet::Paglet;
 use paglet::{Job, QueueAt, Replier};
@@ -51,6 +52,9 @@ pub enum RuntimeError {
     /// The host is shutting down.
     #[error("the host is shutting down")]
     ShuttingDown,
+    /// The change happened but its write to the store failed (`sync` mode).
+    #[error("{0}")]
+    NotPersisted(String),
 }
 
 /// The running paglets of one host.
@@ -62,8 +66,10 @@ pub struct Runtime {
     pool: Pool,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
-    /// Saved paglets whose class is not loaded; kept and saved again.
-    unrestored: Mutex<Vec<Saved>>,
+    /// Stored paglets waiting for their class; their ids are taken.
+    waiting: Mutex<durable::Waiting>,
+    /// Saves states to the store, once one is attached.
+    saver: OnceLock<Arc<durable::Saver>>,
     me: Weak<Runtime>,
 }
 
@@ -138,7 +144,8 @@ impl Runtime {
             pool,
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
-            unrestored: Mutex::default(),
+            waiting: Mutex::default(),
+            saver: OnceLock::new(),
             me: me.clone(),
         }))
     }
@@ -170,7 +177,7 @@ impl Runtime {
 
     /// True when a paglet with `id` is live.
     pub fn exists(&self, id: &str) -> bool {
-        self.paglet(id).is_ok()
+        self.paglet(id).is_ok() || self.is_waiting(id)
     }
 
     /// Number of live paglets.
@@ -196,7 +203,26 @@ impl Runtime {
             Some(id) => id.to_string(),
             None => self.fresh_id(class),
         };
-        if self.paglet(&id).is_ok() {
+        self.start(lib, class, state, id, origin, None)
+    }
+
+    /// Creates the instance, runs its hook and puts it in the table. A `stored` paglet (being
+    /// restored) keeps its creation time and message count and is not written again; any
+    /// other is written to the store before it is answered (see `durable.rs`).
+    fn start(
+        &self,
+        lib: Arc<LoadedLib>,
+        class: &str,
+        state: Option<&Value>,
+        id: String,
+        origin: Origin,
+        stored: Option<&Record>,
+    ) -> Result<String, RuntimeError> {
+        // A stored paglet is restored from the waiting list, which holds its id.
+        let taken = |paglets: &HashMap<String, Arc<Paglet>>| {
+            paglets.contains_key(&id) || (stored.is_none() && self.is_waiting(&id))
+        };
+        if taken(&self.table()) {
             return Err(RuntimeError::Duplicate(id));
         }
         let mut instance = lib.library.create(class, state, self.context(&id, class))?;
@@ -204,13 +230,27 @@ impl Runtime {
             Origin::New => Hook::Created,
             Origin::Restored => Hook::Arrived,
         })?;
-        let paglet = Arc::new(Paglet::new(id.clone(), class.into(), lib, instance));
-        let mut paglets = self.paglets.write().unwrap_or_else(PoisonError::into_inner);
-        if paglets.contains_key(&id) {
-            return Err(RuntimeError::Duplicate(id));
+        let mut paglet = Paglet::new(id.clone(), class.into(), lib, instance, self.saver());
+        if let Some(record) = stored {
+            paglet.created_at =
+                std::time::UNIX_EPOCH + Duration::from_secs_f64(record.created_at.max(0.0));
+            paglet.handled = AtomicU64::new(record.messages_handled);
         }
-        paglets.insert(id.clone(), paglet);
-        Ok(id)
+        let paglet = Arc::new(paglet);
+        let commit = {
+            let mut paglets = self.paglets.write().unwrap_or_else(PoisonError::into_inner);
+            if taken(&paglets) {
+                return Err(RuntimeError::Duplicate(id));
+            }
+            paglets.insert(id.clone(), paglet.clone());
+            // Queued while no message can reach the paglet yet, so its first record is never
+            // written after a newer one.
+            match stored {
+                None => self.save_new(&paglet),
+                Some(_) => None,
+            }
+        };
+        self.created(id, commit)
     }
 
     fn fresh_id(&self, class: &str) -> String {
@@ -253,12 +293,16 @@ impl Runtime {
 
     /// Removes a paglet at once and runs its disposing hook after the messages queued before.
     pub fn dispose(&self, id: &str, reply: Replier<()>) -> Result<(), RuntimeError> {
-        let paglet = self
+        let removed = self
             .paglets
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(id)
-            .ok_or_else(|| RuntimeError::NoPaglet(id.into()))?;
+            .remove(id);
+        let paglet = match removed {
+            Some(paglet) => paglet,
+            None if self.dispose_waiting(id, reply) => return Ok(()),
+            None => return Err(RuntimeError::NoPaglet(id.into())),
+        };
         paglet.push(Job::Dispose { reply }, QueueAt::Back, &self.pool);
         Ok(())
     }
@@ -296,26 +340,6 @@ impl Runtime {
         })
     }
 
-    /// Restores saved paglets whose class is loaded; keeps the others for the next save.
-    pub fn restore(&self, saved: Vec<Saved>) {
-        let mut missing = Vec::new();
-        for item in saved {
-            match self.create(
-                &item.class,
-                Some(&item.state),
-                Some(&item.id),
-                Origin::Restored,
-            ) {
-                Ok(_) => tracing::info!(paglet = %item.id, class = %item.class, "restored"),
-                Err(e) => {
-                    tracing::warn!(paglet = %item.id, class = %item.class, "not restored, kept on disk: {e}");
-                    missing.push(item);
-                }
-            }
-        }
-        *lock(&self.unrestored) = missing;
-    }
-
     /// Pauses (or resumes) rescans by the folder watcher and `POST /admin/rescan`, e.g. while
     /// a build runs. Pausing waits for a rescan that is scanning to end.
     pub fn pause_watch(&self, paused: bool) {
@@ -330,33 +354,6 @@ impl Runtime {
     /// True once shutdown began.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
-    }
-
-    /// Waits up to `grace` for running handlers, then snapshots every idle paglet. Busy ones
-    /// are named in the log and left out.
-    pub fn snapshot(&self, grace: Duration) -> Vec<Saved> {
-        let deadline = Instant::now() + grace;
-        let paglets: Vec<Arc<Paglet>> = self.table().values().cloned().collect();
-        while paglets.iter().any(|p| !p.is_idle()) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let mut saved = lock(&self.unrestored).clone();
-        for paglet in paglets {
-            match paglet.try_state() {
-                Some(Ok(state)) => saved.push(Saved {
-                    id: paglet.id.clone(),
-                    class: paglet.class.clone(),
-                    state,
-                }),
-                Some(Err(e)) => {
-                    tracing::warn!(paglet = %paglet.id, "not saved: its state failed: {e}")
-                }
-                None => {
-                    tracing::warn!(paglet = %paglet.id, "not saved: still busy after the grace period")
-                }
-            }
-        }
-        saved
     }
 }
 

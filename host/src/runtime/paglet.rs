@@ -12,13 +12,14 @@ use plugin_api::{Hook, PagletError};
 use serde_json::Value;
 
 use super::context::HostContext;
+use super::durable::{Checkpoint, Saver};
 use super::inline::InlineGate;
-use super::lock;
 use super::pool::Pool;
+use super::{RuntimeError, lock};
 use crate::registry::LoadedLib;
 
 /// Where a job's result goes.
-pub type Replier<T> = Box<dyn FnOnce(Result<T, PagletError>) + Send>;
+pub type Replier<T> = Box<dyn FnOnce(Result<T, RuntimeError>) + Send>;
 
 /// Work for a paglet, run in order.
 pub enum Job {
@@ -37,6 +38,8 @@ pub enum Job {
     },
     /// Run the disposing hook; the paglet is already out of the table.
     Dispose { reply: Replier<()> },
+    /// Hand the state to the store (interval mode, when the paglet was busy).
+    Checkpoint(Checkpoint),
 }
 
 /// Where [`Paglet::push`] puts a job.
@@ -74,11 +77,23 @@ pub struct Paglet {
     mailbox: Mutex<Mailbox>,
     /// The call chain of the message being handled, for cycle checks.
     chain: Mutex<Vec<String>>,
+    /// Changed since the checkpointer last read its state (interval mode).
+    pub(super) dirty: AtomicBool,
+    /// A hash of the state last handed to the store (sync mode skips unchanged states).
+    pub(super) saved_state: AtomicU64,
+    /// Where its state is saved, when the host has a store.
+    saver: Option<Arc<Saver>>,
 }
 
 impl Paglet {
     /// A paglet whose instance was already created (and hooked) on `lib`.
-    pub fn new(id: String, class: String, lib: Arc<LoadedLib>, instance: Instance) -> Paglet {
+    pub fn new(
+        id: String,
+        class: String,
+        lib: Arc<LoadedLib>,
+        instance: Instance,
+        saver: Option<Arc<Saver>>,
+    ) -> Paglet {
         Paglet {
             id,
             class,
@@ -91,6 +106,9 @@ impl Paglet {
             instance: Mutex::new(instance),
             mailbox: Mutex::default(),
             chain: Mutex::default(),
+            dirty: AtomicBool::new(false),
+            saved_state: AtomicU64::new(0),
+            saver,
         }
     }
 
@@ -129,6 +147,25 @@ impl Paglet {
         Some(instance.state().and_then(|text| {
             serde_json::from_str(&text).map_err(|e| PagletError::Failed(format!("state: {e}")))
         }))
+    }
+
+    /// Runs `f` on the instance, waiting for a running job to finish.
+    pub fn with_instance<T>(&self, f: impl FnOnce(&Instance) -> T) -> T {
+        f(&lock(&self.instance))
+    }
+
+    /// Runs `f` on the instance unless a job is running (then `None` at once).
+    pub fn try_with_instance<T>(&self, f: impl FnOnce(&Instance) -> T) -> Option<T> {
+        if self.is_busy() {
+            return None;
+        }
+        let instance = self.instance.try_lock().ok()?;
+        Some(f(&instance))
+    }
+
+    /// True once its disposing hook ran.
+    pub fn is_disposed(&self) -> bool {
+        self.disposed.load(Ordering::Acquire)
     }
 
     /// Queues a job and makes sure a worker drains the mailbox.
@@ -201,7 +238,8 @@ impl Paglet {
                 reply(Err(PagletError::Failed(format!(
                     "paglet {} was disposed",
                     self.id
-                ))));
+                ))
+                .into()));
             }
             Job::Message {
                 kind,
@@ -215,21 +253,37 @@ impl Paglet {
                 self.inline.note(started.elapsed());
                 lock(&self.chain).clear();
                 self.handled.fetch_add(1, Ordering::Relaxed);
-                reply(result);
+                let result = result.map_err(RuntimeError::from);
+                match &self.saver {
+                    Some(saver) => saver.after_change(self, &instance, result, reply),
+                    None => reply(result),
+                }
             }
             Job::Migrate { lib, context, done } => {
                 match migrate(&mut instance, &self.class, &lib, context) {
                     Ok(fresh) => {
                         *instance = fresh;
                         *lock(&self.code) = lib;
-                        done(Ok(()));
+                        match &self.saver {
+                            Some(saver) => saver.after_change(self, &instance, Ok(()), done),
+                            None => done(Ok(())),
+                        }
                     }
-                    Err(e) => done(Err(e)),
+                    Err(e) => done(Err(e.into())),
                 }
             }
             Job::Dispose { reply } => {
                 self.disposed.store(true, Ordering::Release);
-                reply(instance.hook(Hook::Disposing));
+                let result = instance.hook(Hook::Disposing).map_err(RuntimeError::from);
+                match &self.saver {
+                    Some(saver) => saver.after_dispose(&self.id, result, reply),
+                    None => reply(result),
+                }
+            }
+            Job::Checkpoint(save) => {
+                if !self.is_disposed() {
+                    save(self, &instance);
+                }
             }
         }
         drop(instance);

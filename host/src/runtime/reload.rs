@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
-use plugin_api::PagletError;
 use serde::Serialize;
 
-use super::Runtime;
 use super::paglet::{Job, Paglet, QueueAt, Replier};
+use super::{Runtime, RuntimeError};
 use crate::registry::{FileError, LoadedLib, ScanReport};
 
 /// How long a rescan waits for idle paglets to migrate before listing them as pending.
@@ -49,7 +48,7 @@ impl RescanReply {
 }
 
 /// One migration's outcome, as its job reports it.
-type Outcome = (String, Result<(), PagletError>);
+type Outcome = (String, Result<(), RuntimeError>);
 
 /// How the migrations of one rescan ended (so far).
 #[derive(Default)]
@@ -81,6 +80,10 @@ impl Runtime {
         }
         drop(tx);
         let migrations = wait_for_migrations(queued, &rx, Instant::now() + MIGRATION_WAIT);
+        // A stored paglet waiting for its class runs as soon as a scan loads it.
+        if !(report.loaded.is_empty() && report.reloaded.is_empty()) {
+            self.restore_waiting();
+        }
         RescanReply {
             loaded: report.loaded,
             reloaded: report.reloaded.iter().map(|l| l.source.clone()).collect(),
@@ -168,14 +171,19 @@ fn wait_for_migrations(
 
 #[cfg(test)]
 mod tests {
+    use plugin_api::PagletError;
+
     use super::*;
 
     #[test]
     fn migrations_not_reported_by_the_deadline_are_pending() {
         let (tx, rx) = std::sync::mpsc::channel();
         tx.send(("a".to_string(), Ok(()))).expect("send");
-        tx.send(("b".to_string(), Err(PagletError::Failed("no".into()))))
-            .expect("send");
+        tx.send((
+            "b".to_string(),
+            Err(PagletError::Failed("no".into()).into()),
+        ))
+        .expect("send");
         let queued = vec!["a".to_string(), "b".to_string(), "c".to_string()];
         let done = wait_for_migrations(queued, &rx, Instant::now());
         assert_eq!(done.migrated, ["a"]);
