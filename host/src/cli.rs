@@ -36,6 +36,8 @@ pub enum Command {
     Health(ClientArgs),
     /// List the hosts of a running host's mesh: name, URL, state, compatibility.
     Mesh(ClientArgs),
+    /// Ask a host started with --auto-update-from-git to pull, build and reload now.
+    Update(UpdateArgs),
 }
 
 /// `paglets host`.
@@ -198,6 +200,18 @@ pub struct SendArgs {
     /// Arguments (JSON).
     #[arg(long)]
     pub args: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `paglets update`.
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// The commit to reach (4 to 64 hex digits) [default: the upstream's head].
+    pub target_hash: Option<String>,
+    /// Build even a commit whose build already failed on that host.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }

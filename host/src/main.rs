@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         cli::Command::Dispose(args) => commands::client::dispose(args),
         cli::Command::Health(args) => commands::client::health(args),
         cli::Command::Mesh(args) => commands::client::mesh(args),
+        cli::Command::Update(args) => commands::client::update(args),
     };
     match result {
         Ok(code) => code.into(),

@@ -1,177 +1,20 @@
-//! Git auto-update on real repositories in temp folders: a bare "remote", clones the hosts run
-//! in, and a "seed" clone that pushes new commits. The build command copies the library named
-//! by the tracked file `variant` from `$LIBSRC` into `plugins/` (ignored by git), so flipping
-//! `variant` between the counter example and the `dup-counter` fixture (same class and state,
-//! but no `get`) is a code change the test can see.
+//! Git auto-update on real repositories in temp folders (the harness is
+//! `paglets_e2e::git`): statuses, the lock, the build, re-exec, remotes, mesh alignment.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use paglets_e2e::{PluginDir, TestHost, example, fixture, host_command, run_ok, wait_for};
+use paglets_e2e::git::{
+    BUILD, GitDaemon, LOCK, OwnBinaryHost, Repos, error_text, git, head, path_str, runs_old_code,
+    update,
+};
+use paglets_e2e::{PluginDir, TestHost, host_command, run_ok, wait_for};
 use serde_json::{Value, json};
 
-/// The build every checkout starts with.
-const BUILD: &str = "set -e\nmkdir -p plugins\ncp \"$LIBSRC/$(cat variant)\" plugins/.tmp.so\nmv plugins/.tmp.so plugins/libcounter.so\n";
 /// The exact startup refusal from the contract.
 const DIRTY_AT_START: &str =
     "paglets host: --auto-update-from-git requires a clean git checkout; startup cancelled.";
-/// The update lock's directory inside the git common dir.
-const LOCK: &str = ".git/paglets-auto-update.lock";
-
-/// Runs `git -C dir args` with a fixed identity and no user or system config; returns stdout.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let output = run_ok(
-        Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args([
-                "-c",
-                "user.name=paglets e2e",
-                "-c",
-                "user.email=e2e@paglets.invalid",
-                "-c",
-                "commit.gpgsign=false",
-            ])
-            .args(args)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null"),
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-fn head(dir: &Path) -> String {
-    git(dir, &["rev-parse", "HEAD"])
-}
-
-/// A bare remote, the prebuilt libraries, and a seed clone that made the first commit.
-struct Repos {
-    dir: tempfile::TempDir,
-}
-
-impl Repos {
-    fn new() -> Repos {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let root = dir.path();
-        git(
-            root,
-            &["init", "--quiet", "--bare", "-b", "master", "remote.git"],
-        );
-        let libsrc = root.join("libsrc");
-        std::fs::create_dir(&libsrc).expect("mkdir libsrc");
-        std::fs::copy(example("counter"), libsrc.join("libcounter.so")).expect("copy counter");
-        std::fs::copy(fixture("dup-counter"), libsrc.join("libdup_counter.so"))
-            .expect("copy dup-counter");
-        git(root, &["init", "--quiet", "-b", "master", "seed"]);
-        let repos = Repos { dir };
-        let seed = repos.seed();
-        git(
-            &seed,
-            &["remote", "add", "origin", path_str(&repos.remote())],
-        );
-        repos.push(
-            &[
-                (".gitignore", "plugins/\n"),
-                ("variant", "libcounter.so\n"),
-                ("build.sh", BUILD),
-            ],
-            "initial",
-        );
-        git(&seed, &["branch", "--quiet", "-u", "origin/master"]);
-        repos
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn remote(&self) -> PathBuf {
-        self.root().join("remote.git")
-    }
-
-    fn seed(&self) -> PathBuf {
-        self.root().join("seed")
-    }
-
-    fn libsrc(&self) -> PathBuf {
-        self.root().join("libsrc")
-    }
-
-    /// A fresh clone of the remote (its branch tracks origin/master).
-    fn clone(&self, name: &str) -> PathBuf {
-        git(
-            self.root(),
-            &["clone", "--quiet", path_str(&self.remote()), name],
-        );
-        self.root().join(name)
-    }
-
-    /// Commits `files` in the seed clone and pushes; returns the new commit.
-    fn push(&self, files: &[(&str, &str)], message: &str) -> String {
-        let seed = self.seed();
-        for (name, text) in files {
-            std::fs::write(seed.join(name), text).expect("write a tracked file");
-        }
-        git(&seed, &["add", "--all"]);
-        git(&seed, &["commit", "--quiet", "-m", message]);
-        git(&seed, &["push", "--quiet", "origin", "master"]);
-        head(&seed)
-    }
-
-    /// Starts an auto-updating host in `checkout` over its `plugins/`, persisting to `state`.
-    fn host(&self, checkout: &Path, state: &str, args: &[&str]) -> TestHost {
-        let persistence = self.root().join(state);
-        std::fs::create_dir_all(&persistence).expect("mkdir persistence");
-        let mut all = vec!["--auto-update-from-git", "--build-command", "sh build.sh"];
-        all.extend_from_slice(args);
-        TestHost::start_in_dir(
-            checkout,
-            &[Path::new("plugins")],
-            &all,
-            &persistence,
-            &[("LIBSRC", path_str(&self.libsrc()))],
-        )
-    }
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("a UTF-8 temp path")
-}
-
-/// `POST /admin/git-update`, asserting the contract's 200.
-fn update(host: &TestHost, target: Option<&str>) -> Value {
-    let body = match target {
-        Some(target) => json!({ "target_hash": target }),
-        None => json!({}),
-    };
-    let answer = host.post("/admin/git-update", &body);
-    assert_eq!(
-        answer.status,
-        200,
-        "{:?}\nhost log:\n{}",
-        answer.json,
-        host.log()
-    );
-    answer.json
-}
-
-fn error_text(result: &Value) -> String {
-    result["error"].as_str().unwrap_or_default().to_string()
-}
-
-/// A counter on the counter example's code answers `get`; the dup-counter code does not.
-fn runs_old_code(host: &TestHost, id: &str) -> bool {
-    let answer = host.send(id, "get", Value::Null);
-    match answer.status {
-        200 => true,
-        422 => false,
-        other => panic!(
-            "get on {id}: unexpected status {other}: {:?}\nhost log:\n{}",
-            answer.json,
-            host.log()
-        ),
-    }
-}
 
 #[test]
 fn a_dirty_checkout_is_refused_and_nothing_is_fetched() {
@@ -670,121 +513,6 @@ fn a_restarted_host_announces_its_head_and_the_peer_follows() {
     assert_eq!(result["ok"], false);
 }
 
-/// A host run from its own copy of the `paglets` binary, so that a "build" can replace that
-/// binary. After a re-exec the same process prints a new URL (`--port 0`), which `TestHost`
-/// does not follow, hence this small driver.
-struct OwnBinaryHost {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    stderr: Arc<std::sync::Mutex<String>>,
-    http: reqwest::blocking::Client,
-}
-
-impl OwnBinaryHost {
-    fn start(exe: &Path, checkout: &Path, persistence: &Path, env: &[(&str, &Path)]) -> Self {
-        let template = host_command(
-            &[Path::new("plugins")],
-            &[
-                "--auto-update-from-git",
-                "--build-command",
-                "sh build.sh",
-                "--name",
-                "reexec",
-            ],
-            persistence,
-        );
-        let mut command = Command::new(exe);
-        command.args(template.get_args()).current_dir(checkout);
-        for (key, value) in template.get_envs() {
-            match value {
-                Some(value) => command.env(key, value),
-                None => command.env_remove(key),
-            };
-        }
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command
-            .env_remove("PAGLETS_API_KEY")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn the copied paglets binary");
-        let (tx, lines) = std::sync::mpsc::channel();
-        let out = child.stdout.take().expect("piped stdout");
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
-        let (sink, err) = (stderr.clone(), child.stderr.take().expect("piped stderr"));
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-                if let Ok(mut log) = sink.lock() {
-                    log.push_str(&(line + "\n"));
-                }
-            }
-        });
-        let http = reqwest::blocking::Client::builder()
-            .timeout(paglets_e2e::DEADLINE)
-            .build()
-            .expect("client");
-        OwnBinaryHost {
-            child,
-            lines,
-            stderr,
-            http,
-        }
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-
-    /// The next URL the process prints, once its `/health` answers.
-    fn next_url(&self) -> String {
-        let line = self
-            .lines
-            .recv_timeout(paglets_e2e::DEADLINE)
-            .unwrap_or_else(|_| panic!("no URL printed; host log:\n{}", self.log()));
-        let url = line
-            .split_once("listening at ")
-            .map(|(_, url)| url.to_string())
-            .unwrap_or_else(|| panic!("unexpected line: {line}"));
-        wait_for("/health to answer", || self.get(&url, "/health"));
-        url
-    }
-
-    /// `GET`, `None` while nothing answers.
-    fn get(&self, url: &str, path: &str) -> Option<Value> {
-        let response = self.http.get(format!("{url}{path}")).send().ok()?;
-        (response.status() == 200).then(|| response.json().expect("JSON"))
-    }
-
-    fn post(&self, url: &str, path: &str, body: &Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{url}{path}"))
-            .json(body)
-            .send()
-            .unwrap_or_else(|e| panic!("{path}: {e}; host log:\n{}", self.log()));
-        let status = response.status().as_u16();
-        (status, response.json().expect("JSON"))
-    }
-}
-
-impl Drop for OwnBinaryHost {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 #[test]
 fn a_changed_host_binary_makes_the_host_re_execute_itself_keeping_its_paglets() {
     let repos = Repos::new();
@@ -858,56 +586,6 @@ fn a_changed_host_binary_makes_the_host_re_execute_itself_keeping_its_paglets() 
     assert_eq!(exit.code(), Some(0), "host log:\n{}", host.log());
 }
 
-/// A `git daemon` serving the repositories' folder read-only on a loopback port.
-struct GitDaemon {
-    child: std::process::Child,
-    url: String,
-}
-
-impl GitDaemon {
-    fn start(base: &Path) -> GitDaemon {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        // `git daemon` would run `git-daemon` as a child of the `git` wrapper, out of reach of
-        // `kill`: start the daemon itself.
-        let exec_path = git(base, &["--exec-path"]);
-        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
-            .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1"])
-            .arg(format!("--port={port}"))
-            .arg(format!("--base-path={}", base.display()))
-            .arg(base)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn git daemon");
-        let daemon = GitDaemon {
-            child,
-            url: format!("git://127.0.0.1:{port}/remote.git"),
-        };
-        wait_for("git daemon to serve", || {
-            Command::new("git")
-                .args(["ls-remote", &daemon.url])
-                .env("GIT_CONFIG_NOSYSTEM", "1")
-                .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-        });
-        daemon
-    }
-}
-
-impl Drop for GitDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_remote_that_is_not_a_local_path_is_fetched_by_running_git() {
     let repos = Repos::new();
@@ -973,5 +651,138 @@ fn a_pushed_commit_reaches_every_auto_updating_host_of_the_mesh_including_non_se
             .contains("alignment: the host answered the update"),
         "c logged the answers: {}",
         host_c.log()
+    );
+}
+
+#[test]
+fn a_reload_that_refuses_the_new_library_is_reload_failed_and_a_retry_reloads_again() {
+    let repos = Repos::new();
+    let a = repos.clone("a");
+    let host = repos.host(&a, "state-a", &[]);
+    let start = head(&a);
+    let id = host.create("counter::Counter", json!({"count": 4}));
+    // The build passes, but what it builds is refused (built against an older ABI).
+    let refused = repos.push(&[("variant", "libold_abi.so\n")], "old abi");
+    let result = update(&host, None);
+    assert_eq!(result["status"], "reload-failed", "{result:?}");
+    assert_eq!(result["ok"], false);
+    assert_eq!(result["build_run"], true);
+    assert_eq!(result["after_head"], json!(refused));
+    assert!(
+        error_text(&result).contains("libcounter.so") && error_text(&result).contains("ABI"),
+        "{result:?}"
+    );
+    assert!(runs_old_code(&host, &id), "the old code keeps serving");
+    assert_eq!(host.send(&id, "get", Value::Null).json["reply"]["count"], 4);
+    let health = host.get("/health").json;
+    assert_eq!(health["git_applied_head"], json!(start), "{health:?}");
+    assert_eq!(health["code_version"], json!(start));
+    assert_eq!(health["git_update"]["status"], "reload-failed");
+    // Not `current`: the applied head did not move, so the same commit is built and
+    // reloaded again.
+    let result = update(&host, None);
+    assert_eq!(result["status"], "reload-failed", "{result:?}");
+    assert_eq!(result["build_run"], true);
+    let fixed = repos.push(&[("variant", "libdup_counter.so\n")], "fixed");
+    let result = update(&host, None);
+    assert_eq!(result["status"], "updated", "{result:?}");
+    assert!(!runs_old_code(&host, &id), "the new code runs");
+    assert_eq!(host.get("/health").json["git_applied_head"], json!(fixed));
+}
+
+#[test]
+fn a_commit_whose_build_failed_is_not_built_again_unless_forced() {
+    let repos = Repos::new();
+    let a = repos.clone("a");
+    let host = repos.host(&a, "state-a", &[]);
+    let broken = repos.push(&[("variant", "libmissing.so\n")], "broken");
+    let first = update(&host, None);
+    assert_eq!(first["status"], "build-failed", "{first:?}");
+    assert_eq!(first["build_run"], true);
+    // The same commit again (as alignment would send it): the failure again, at once.
+    let again = update(&host, Some(&broken[..12]));
+    assert_eq!(again["status"], "build-failed", "{again:?}");
+    assert_eq!(again["ok"], false);
+    assert_eq!(again["build_run"], false, "not built again: {again:?}");
+    assert_eq!(
+        again["stderr"], first["stderr"],
+        "the earlier failure's output"
+    );
+    assert!(error_text(&again).contains("already failed"), "{again:?}");
+    assert_eq!(
+        host.log().matches("building").count(),
+        2,
+        "the startup build and the first update's build only:\n{}",
+        host.log()
+    );
+    // Forced through the HTTP body, and through the CLI.
+    let forced = host.post(
+        "/admin/git-update",
+        &json!({"target_hash": broken, "force": true}),
+    );
+    assert_eq!(forced.status, 200, "{:?}", forced.json);
+    assert_eq!(forced.json["build_run"], true, "{:?}", forced.json);
+    assert_eq!(forced.json["status"], "build-failed");
+    let cli = |args: &[&str]| {
+        let output = Command::new(paglets_e2e::paglets_bin())
+            .args(["update", "--host", &host.url, "--json"])
+            .args(args)
+            .env_remove("PAGLETS_API_KEY")
+            .output()
+            .expect("run paglets update");
+        let result: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {output:?}"));
+        (output.status.code(), result)
+    };
+    let (code, result) = cli(&[&broken]);
+    assert_eq!(code, Some(1), "a failed update exits 1: {result:?}");
+    assert_eq!(
+        (result["status"].clone(), result["build_run"].clone()),
+        (json!("build-failed"), json!(false))
+    );
+    let (code, result) = cli(&["--force"]);
+    assert_eq!(code, Some(1), "{result:?}");
+    assert_eq!(result["build_run"], true, "{result:?}");
+    // A newer commit is built as usual.
+    let fixed = repos.push(&[("variant", "libdup_counter.so\n")], "fixed");
+    let (code, result) = cli(&[&fixed[..8]]);
+    assert_eq!(code, Some(0), "{result:?}");
+    assert_eq!(result["status"], "updated", "{result:?}");
+}
+
+#[test]
+fn a_build_that_leaves_a_daemon_holding_its_output_does_not_hang_the_update() {
+    let repos = Repos::new();
+    let a = repos.clone("a");
+    let host = repos.host(&a, "state-a", &[]);
+    let id = host.create("counter::Counter", json!({"count": 2}));
+    // Like a compiler cache server: it leaves the build's process group with `setsid` and
+    // keeps stdout and stderr open for ten minutes.
+    let pidfile = repos.root().join("daemon.pid");
+    let daemon = format!(
+        "setsid sh -c 'echo $$ > {}; exec sleep 600' &\n",
+        path_str(&pidfile)
+    );
+    repos.push(
+        &[
+            ("build.sh", &format!("{daemon}{BUILD}")),
+            ("variant", "libdup_counter.so\n"),
+        ],
+        "a build with a daemon",
+    );
+    let result = update(&host, None);
+    if let Some(pid) = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    {
+        // SAFETY: `kill` on the daemon this test's build started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert_eq!(result["status"], "updated", "{result:?}");
+    assert!(!runs_old_code(&host, &id), "the new code runs");
+    assert!(
+        host.log().contains("still holds its output open"),
+        "{}",
+        host.log()
     );
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod git;
 pub mod mesh;
 
 /// How long anything in a test may take before it counts as hung.

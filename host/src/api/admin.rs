@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, JsonBody, blocking};
-use crate::update::{UpdateResult, UpdateStatus};
+use crate::update::{UpdateRequest, UpdateResult, UpdateStatus};
 
 /// `GET /health`.
 pub async fn health(State(app): State<AppState>) -> Json<Value> {
@@ -74,6 +74,9 @@ pub struct GitUpdateBody {
     source_name: Option<String>,
     #[serde(default)]
     source_url: Option<String>,
+    /// Build even a commit whose build already failed on this host.
+    #[serde(default)]
+    force: bool,
 }
 
 /// `POST /admin/git-update`: synchronous; every outcome is 200 with the result, a second
@@ -97,12 +100,14 @@ pub async fn git_update(
         return Ok(Json(json!(UpdateResult::disabled(body.target_hash))));
     };
     let runtime = app.runtime.clone();
+    let request = UpdateRequest {
+        target: body.target_hash,
+        force: body.force,
+    };
     let result = blocking(move || {
-        updater
-            .update(&runtime, body.target_hash.as_deref())
-            .ok_or_else(|| {
-                ApiError::conflict("an update is already running on this host (status: running)")
-            })
+        updater.update(&runtime, &request).ok_or_else(|| {
+            ApiError::conflict("an update is already running on this host (status: running)")
+        })
     })
     .await?;
     if result.status == UpdateStatus::Updated

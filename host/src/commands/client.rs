@@ -1,5 +1,6 @@
-//! The client commands: `classes`, `list`, `create`, `send`, `dispose`, `health`, `mesh`. Each is
-//! one HTTP call to a running host, printed as a table or, with `--json`, as JSON.
+//! The client commands: `classes`, `list`, `create`, `send`, `dispose`, `health`, `mesh`,
+//! `update`. Each is one HTTP call to a running host, printed as a table or, with `--json`,
+//! as JSON.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 
 use super::{CommandResult, Exit, Failure};
-use crate::cli::{ClientArgs, CreateArgs, DisposeArgs, SendArgs};
+use crate::cli::{ClientArgs, CreateArgs, DisposeArgs, SendArgs, UpdateArgs};
 
 fn api_key(args: &ClientArgs) -> Result<Option<String>, Failure> {
     crate::config::api_key(args.api_key_env.as_deref()).map_err(|e| Failure::Usage(e.0))
@@ -317,5 +318,50 @@ pub fn mesh(args: ClientArgs) -> CommandResult {
                 "last seen",
             ],
         )
+    })
+}
+
+/// The top-level entry point for `paglets update`: `POST /admin/git-update`, which answers
+/// when the build and the reload are done. Exit 0 when the result is `ok`, 1 otherwise.
+pub fn update(args: UpdateArgs) -> CommandResult {
+    let mut body = json!({});
+    if let Some(target) = &args.target_hash {
+        body["target_hash"] = json!(target);
+    }
+    if args.force {
+        body["force"] = json!(true);
+    }
+    let client = &args.client;
+    let path = "/admin/git-update";
+    let value = call(
+        client,
+        Wait::AsLongAsItTakes,
+        Method::POST,
+        path,
+        Some(body),
+    )?;
+    print(client.json, &value, |v| {
+        let mut out = String::new();
+        for key in [
+            "status",
+            "before_head",
+            "after_head",
+            "build_run",
+            "reloaded",
+            "error",
+        ] {
+            let shown = match &v[key] {
+                Value::Null => continue,
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            out.push_str(&format!("{key:<12} {shown}\n"));
+        }
+        out
+    })?;
+    Ok(if value["ok"] == true {
+        Exit::Ok
+    } else {
+        Exit::Failed
     })
 }

@@ -64,6 +64,7 @@ fn empty_folders(dirs: &[PathBuf], known: &[FileError]) -> Vec<FileError> {
                 dir.display(),
                 std::env::consts::DLL_SUFFIX
             ),
+            folder: true,
         })
         .collect()
 }

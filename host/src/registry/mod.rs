@@ -62,6 +62,9 @@ pub struct FileError {
     pub path: PathBuf,
     /// Why.
     pub error: String,
+    /// A scanned folder (refused or unreadable), not a library file.
+    #[serde(skip)]
+    pub folder: bool,
 }
 
 /// How long after its last change a truncated file is still expected to grow.
@@ -287,6 +290,7 @@ impl Registry {
                     report.errors.push(FileError {
                         path: dir.clone(),
                         error: error.clone(),
+                        folder: true,
                     });
                     errors.insert(dir.clone(), error);
                     held.push(dir.clone());
@@ -509,6 +513,7 @@ impl State {
             report.errors.push(FileError {
                 path: path.into(),
                 error: err.to_string(),
+                folder: false,
             });
             return Installed::Taken;
         }
@@ -577,6 +582,7 @@ impl State {
         report.errors.push(FileError {
             path: path.into(),
             error: err.to_string(),
+            folder: false,
         });
     }
 }

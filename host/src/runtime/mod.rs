@@ -24,6 +24,7 @@ pub use context::HostContext;
 pub use paglet::Paglet;
 use paglet::{Job, QueueAt, Replier};
 use pool::Pool;
+pub use reload::RescanReply;
 
 /// Jobs an HTTP worker runs for a paglet it ran a message for inline, before handing the
 /// rest of its queue to the pool.

@@ -7,103 +7,17 @@
 pub mod build;
 pub mod git;
 pub mod lock;
+mod result;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, TryLockError};
 use std::time::Duration;
 
-use serde::Serialize;
+pub use result::{UpdateResult, UpdateStatus};
 
 use crate::registry::{StatKey, stat_key};
-use crate::runtime::{Runtime, lock};
-
-/// The outcome of an update; its serde form is the contract's status string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum UpdateStatus {
-    /// The host runs without `--auto-update-from-git`.
-    Disabled,
-    /// Uncommitted or untracked changes; nothing was done.
-    DirtyWorktree,
-    /// git could not read the status.
-    StatusFailed,
-    /// git could not fetch (including: no upstream).
-    FetchFailed,
-    /// The requested commit is not there after fetch.
-    TargetMissing,
-    /// The fast-forward failed (diverged history, conflicts).
-    PullFailed,
-    /// The commit exists but HEAD is elsewhere after the pull.
-    TargetNotCurrent,
-    /// The code was updated but the build failed; the old libraries keep running.
-    BuildFailed,
-    /// HEAD equals the applied head; nothing to do.
-    Current,
-    /// Built and reloaded.
-    Updated,
-    /// Another process held the checkout's update lock past the lock timeout.
-    LockTimeout,
-    /// The update lock could not be taken or handed back: a file-system error.
-    LockFailed,
-}
-
-/// The reply of `POST /admin/git-update` and `git_update` in `/health`.
-#[derive(Debug, Clone, Serialize)]
-pub struct UpdateResult {
-    ok: bool,
-    /// The outcome.
-    pub status: UpdateStatus,
-    repo_root: Option<PathBuf>,
-    before_head: Option<String>,
-    after_head: Option<String>,
-    process_start_head: Option<String>,
-    target_hash: Option<String>,
-    changed: bool,
-    /// The host binary changed: the host re-executes itself after answering.
-    pub restart_required: bool,
-    build_run: bool,
-    reloaded: Vec<PathBuf>,
-    stdout: String,
-    stderr: String,
-    error: Option<String>,
-}
-
-impl UpdateResult {
-    fn new(status: UpdateStatus) -> Self {
-        UpdateResult {
-            ok: false,
-            status,
-            repo_root: None,
-            before_head: None,
-            after_head: None,
-            process_start_head: None,
-            target_hash: None,
-            changed: false,
-            restart_required: false,
-            build_run: false,
-            reloaded: Vec::new(),
-            stdout: String::new(),
-            stderr: String::new(),
-            error: None,
-        }
-    }
-
-    /// The answer of a host without `--auto-update-from-git`.
-    pub fn disabled(target_hash: Option<String>) -> Self {
-        UpdateResult {
-            target_hash,
-            error: Some("this host was not started with --auto-update-from-git".into()),
-            ..UpdateResult::new(UpdateStatus::Disabled)
-        }
-    }
-
-    fn fail(mut self, status: UpdateStatus, error: impl Into<String>) -> Self {
-        self.status = status;
-        self.ok = false;
-        self.error = Some(error.into());
-        self
-    }
-}
+use crate::runtime::{RescanReply, Runtime, lock};
 
 /// The status of an update that could not take the checkout's lock.
 fn lock_status(error: &lock::UpdateLockError) -> UpdateStatus {
@@ -115,6 +29,28 @@ fn lock_status(error: &lock::UpdateLockError) -> UpdateStatus {
             UpdateStatus::LockFailed
         }
     }
+}
+
+/// Why a reload after a good build failed: libraries the rescan refused (not folders: a
+/// refused folder keeps what it had loaded and is reported on every scan) and paglets whose
+/// migration failed. `None` when everything changed loaded and moved.
+fn reload_failure(scan: &RescanReply) -> Option<String> {
+    let refused = scan
+        .errors
+        .iter()
+        .filter(|e| !e.folder)
+        .map(|e| e.error.clone());
+    let stayed = scan
+        .migration_failed
+        .iter()
+        .map(|f| format!("paglet {} stays on its old code: {}", f.id, f.error));
+    let reasons: Vec<String> = refused.chain(stayed).collect();
+    (!reasons.is_empty()).then(|| {
+        format!(
+            "the build passed but the reload failed; the old code keeps running: {}",
+            reasons.join("; ")
+        )
+    })
 }
 
 /// The commit whose build is loaded, and the latest update result.
@@ -148,6 +84,15 @@ pub enum StartupError {
     Failed(String),
 }
 
+/// One update request.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateRequest {
+    /// The commit to reach (a 4 to 64 digit prefix), if any.
+    pub target: Option<String>,
+    /// Build even a commit whose build already failed on this host.
+    pub force: bool,
+}
+
 /// The updater of one host.
 #[derive(Debug)]
 pub struct Updater {
@@ -157,6 +102,9 @@ pub struct Updater {
     /// The applied head and the latest result, changed together.
     state: Mutex<Applied>,
     running: Mutex<()>,
+    /// Commits whose build failed in this process, with that result. The build command is
+    /// fixed for the life of the process, so "same commit" means "same commit and command".
+    failed_builds: Mutex<HashMap<String, UpdateResult>>,
     exe: PathBuf,
     /// The executable's identity after the startup build: a change means the binary was
     /// rebuilt.
@@ -213,6 +161,7 @@ impl Updater {
             process_start_head,
             state: Mutex::new(Applied { head, last: None }),
             running: Mutex::new(()),
+            failed_builds: Mutex::default(),
             exe,
             restart_now: exe_id != exe_before,
             exe_id,
@@ -250,14 +199,14 @@ impl Updater {
     }
 
     /// Runs one update; `None` when another update is running on this host (409).
-    pub fn update(&self, runtime: &Runtime, target: Option<&str>) -> Option<UpdateResult> {
+    pub fn update(&self, runtime: &Runtime, request: &UpdateRequest) -> Option<UpdateResult> {
         let _running = match self.running.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return None,
         };
         runtime.pause_watch(true);
-        let result = self.update_locked(runtime, target);
+        let result = self.update_locked(runtime, request);
         runtime.pause_watch(false);
         tracing::info!(status = ?result.status, error = ?result.error, "git update finished");
         let mut state = lock(&self.state);
@@ -268,15 +217,17 @@ impl Updater {
         Some(result)
     }
 
-    fn update_locked(&self, runtime: &Runtime, target: Option<&str>) -> UpdateResult {
+    /// The update under the host's update mutex, with the watcher paused: lock the checkout,
+    /// pull, then build and reload unless there is nothing new.
+    fn update_locked(&self, runtime: &Runtime, request: &UpdateRequest) -> UpdateResult {
         let root = &self.checkout.root;
         let mut result = UpdateResult {
             repo_root: Some(root.clone()),
             process_start_head: Some(self.process_start_head.clone()),
-            target_hash: target.map(str::to_string),
+            target_hash: request.target.clone(),
+            before_head: git::head(root).ok(),
             ..UpdateResult::new(UpdateStatus::Current)
         };
-        result.before_head = git::head(root).ok();
         let _lock =
             match lock::acquire(&self.checkout.common_dir, self.settings.lock_timeout, false) {
                 Ok(lock) => lock,
@@ -284,66 +235,95 @@ impl Updater {
             };
         // Read again under the lock: another host or worktree may have pulled while we waited.
         result.before_head = git::head(root).ok();
+        let head = match self.pull(&mut result, request.target.as_deref()) {
+            Ok(head) => head,
+            Err((status, why)) => return result.fail(status, why),
+        };
+        if head == self.applied_head() {
+            result.ok = true;
+            result.status = UpdateStatus::Current;
+            return result;
+        }
+        let earlier = lock(&self.failed_builds).get(&head).cloned();
+        match earlier {
+            Some(earlier) if !request.force => result.repeat_failure(&earlier, &head),
+            _ => self.build_and_reload(runtime, result, &head),
+        }
+    }
+
+    /// Refuses a dirty checkout, fetches, resolves the target and fast-forwards; the new
+    /// HEAD, or the failure's status and reason.
+    fn pull(
+        &self,
+        result: &mut UpdateResult,
+        target: Option<&str>,
+    ) -> Result<String, (UpdateStatus, String)> {
+        let root = &self.checkout.root;
         match git::dirty(root) {
             Ok(Some(path)) => {
-                return result.fail(UpdateStatus::DirtyWorktree, format!("uncommitted or untracked changes ({path}); nothing fetched, pulled, built or reloaded"));
+                let why = format!(
+                    "uncommitted or untracked changes ({path}); nothing fetched, pulled, built or reloaded"
+                );
+                return Err((UpdateStatus::DirtyWorktree, why));
             }
             Ok(None) => {}
-            Err(e) => return result.fail(UpdateStatus::StatusFailed, e),
+            Err(e) => return Err((UpdateStatus::StatusFailed, e)),
         }
-        if let Err(e) = git::fetch(root) {
-            return result.fail(UpdateStatus::FetchFailed, e);
+        git::fetch(root).map_err(|e| (UpdateStatus::FetchFailed, e))?;
+        let target = target
+            .map(|t| git::resolve(root, t))
+            .transpose()
+            .map_err(|e| (UpdateStatus::TargetMissing, e))?;
+        if target.is_some() {
+            result.target_hash = target.clone();
         }
-        let target = match target.map(|t| git::resolve(root, t)).transpose() {
-            Ok(target) => target,
-            Err(e) => return result.fail(UpdateStatus::TargetMissing, e),
-        };
-        result.target_hash = target.clone().or(result.target_hash);
-        if let Err(e) = git::fast_forward(root) {
-            return result.fail(UpdateStatus::PullFailed, e);
-        }
-        let head = match git::head(root) {
-            Ok(head) => head,
-            Err(e) => return result.fail(UpdateStatus::StatusFailed, e),
-        };
+        git::fast_forward(root).map_err(|e| (UpdateStatus::PullFailed, e))?;
+        let head = git::head(root).map_err(|e| (UpdateStatus::StatusFailed, e))?;
         result.after_head = Some(head.clone());
         result.changed = result.before_head.as_deref() != Some(head.as_str());
         if let Some(target) = &target
             && *target != head
         {
             let why = format!("{target} exists but HEAD is {head} after the pull");
-            return result.fail(UpdateStatus::TargetNotCurrent, why);
+            return Err((UpdateStatus::TargetNotCurrent, why));
         }
-        if head == self.applied_head() {
-            result.ok = true;
-            result.status = UpdateStatus::Current;
-            return result;
-        }
+        Ok(head)
+    }
+
+    /// Builds `head`, rescans and judges the reload. A failed build is remembered, so that
+    /// the same commit is not built again unless forced.
+    fn build_and_reload(
+        &self,
+        runtime: &Runtime,
+        mut result: UpdateResult,
+        head: &str,
+    ) -> UpdateResult {
         let before = runtime.registry().loaded_shas();
         let outcome = build::run(
             &self.settings.build_command,
-            root,
+            &self.checkout.root,
             self.settings.build_timeout,
         );
         result.build_run = true;
         result.stdout = outcome.stdout;
         result.stderr = outcome.stderr;
         if !outcome.ok {
-            return result.fail(UpdateStatus::BuildFailed, outcome.error.unwrap_or_default());
+            let failed = result.fail(UpdateStatus::BuildFailed, outcome.error.unwrap_or_default());
+            lock(&self.failed_builds).insert(head.to_string(), failed.clone());
+            return failed;
         }
+        lock(&self.failed_builds).remove(head);
         let scan = runtime.rescan();
-        if !scan.migration_failed.is_empty() {
-            tracing::warn!(
-                "some instances stay on their old code: {:?}",
-                scan.migration_failed
-            );
-        }
         let after = runtime.registry().loaded_shas();
         result.reloaded = after
             .iter()
             .filter(|(path, sha)| before.get(*path) != Some(sha))
             .map(|(p, _)| p.clone())
             .collect();
+        result.held = result::held(&scan);
+        if let Some(why) = reload_failure(&scan) {
+            return result.fail(UpdateStatus::ReloadFailed, why);
+        }
         result.restart_required = stat_key(&self.exe) != self.exe_id;
         result.ok = true;
         result.status = UpdateStatus::Updated;
