@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper::server::conn::http1;
@@ -211,6 +211,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
+/// How often running out of descriptors is logged while it lasts.
+const SHORTAGE_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Serves `app` on `listener` until `stop` turns true; then stops accepting, lets each
 /// connection finish its request in flight, and returns once all are closed.
 pub async fn serve(
@@ -221,24 +224,22 @@ pub async fn serve(
 ) {
     let table = Arc::new(Table::default());
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let mut starving = false;
+    let mut last_warned: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = stopped(&mut stop) => break,
         };
         let stream = match accepted {
-            Ok((stream, _)) => {
-                starving = false;
-                stream
-            }
+            Ok((stream, _)) => stream,
             Err(e) if out_of_descriptors(&e) => {
-                if !starving {
+                if last_warned.is_none_or(|at| at.elapsed() >= SHORTAGE_LOG_EVERY) {
                     tracing::warn!(
                         "cannot accept a connection: {e}: closing idle connections to make room"
                     );
-                    starving = true;
+                    last_warned = Some(Instant::now());
                 }
+                // The shed connection's task closes its socket: give it a moment.
                 let pause = if table.shed_oldest_idle() { 10 } else { 100 };
                 tokio::time::sleep(Duration::from_millis(pause)).await;
                 continue;
@@ -262,43 +263,54 @@ pub async fn serve(
             }
         };
         let (seq, conn) = table.add();
-        let (app, table, mut stop) = (app.clone(), table.clone(), stop.clone());
+        let (app, table, stop) = (app.clone(), table.clone(), stop.clone());
         tokio::spawn(async move {
-            let inner = TowerToHyperService::new(app);
-            let tracked = conn.clone();
-            let service = hyper::service::service_fn(move |request| {
-                let in_flight = InFlight::enter(&tracked);
-                let answer = inner.call(request);
-                async move {
-                    let answer = answer.await;
-                    drop(in_flight);
-                    answer
-                }
-            });
-            let served = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(served);
-            tokio::select! {
-                result = served.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!("connection closed: {e}");
-                    }
-                }
-                // Dropping the connection closes its socket.
-                () = conn.close.notified() => {}
-                () = stopped(&mut stop) => {
-                    served.as_mut().graceful_shutdown();
-                    let _ = served.await;
-                }
-            }
+            serve_connection(stream, app, limits, &conn, stop).await;
             table.remove(seq);
             drop(permit);
         });
     }
     // Wait for the open connections to finish (the caller bounds how long).
-    let _ = permits
-        .acquire_many(limits.max_connections.max(1) as u32)
-        .await;
+    let all = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
+    let _ = permits.acquire_many(all).await;
+}
+
+/// Serves one connection until it ends, is shed, or the host stops (then its request in
+/// flight is finished first).
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    limits: Limits,
+    conn: &Arc<Connection>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let inner = TowerToHyperService::new(app);
+    let tracked = conn.clone();
+    let service = hyper::service::service_fn(move |request| {
+        let in_flight = InFlight::enter(&tracked);
+        let answer = inner.call(request);
+        async move {
+            let answer = answer.await;
+            drop(in_flight);
+            answer
+        }
+    });
+    let served = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(served);
+    tokio::select! {
+        result = served.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!("connection closed: {e}");
+            }
+        }
+        // Dropping the connection closes its socket.
+        () = conn.close.notified() => {}
+        () = stopped(&mut stop) => {
+            served.as_mut().graceful_shutdown();
+            let _ = served.await;
+        }
+    }
 }
