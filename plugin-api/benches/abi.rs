@@ -76,7 +76,7 @@ fn message(c: &mut Criterion) {
 
     let test = PagletTest::new::<counter::Counter>();
     let id = test
-        .create("counter::Counter", serde_json::json!({}))
+        .create_class("counter::Counter", serde_json::json!({}))
         .expect("create an in-process counter");
     group.bench_function("in-process", |b| {
         b.iter(|| test.send(&id, "increment", Value::Null).expect("increment"))

@@ -27,7 +27,9 @@ use abi_stable::{
 };
 
 use crate::error::PagletError;
-use crate::paglet::{ClassSet, Hook};
+use crate::guard::guard;
+use crate::host_context::HostContext;
+use crate::message::Hook;
 
 /// The interface version a library was built against. The host checks it before anything
 /// else in the root module and refuses a library whose number differs.
@@ -49,6 +51,8 @@ pub enum ErrorKind {
     NotFound,
     /// The call would wait on itself.
     Deadlock,
+    /// A state holds keys the code would drop; the message is a JSON array of the keys.
+    DropsKeys,
 }
 
 /// An error crossing the boundary: a kind and a one-line message.
@@ -127,9 +131,11 @@ pub struct PagletMod {
     pub panic_unwind: bool,
     /// Describes the library as JSON: name, version and classes.
     pub describe: extern "C" fn() -> RResult<RString, AbiError>,
-    /// Creates an instance of a class from its state (JSON text).
+    /// Creates an instance of a class from a state (JSON text; empty for the class's
+    /// default) written by code with the given state version.
     #[sabi(last_prefix_field)]
-    pub create: extern "C" fn(RStr<'_>, RStr<'_>, ContextBox) -> RResult<InstanceBox, AbiError>,
+    pub create:
+        extern "C" fn(RStr<'_>, RStr<'_>, u32, ContextBox) -> RResult<InstanceBox, AbiError>,
 }
 
 impl RootModule for PagletModRef {
@@ -151,9 +157,11 @@ impl From<PagletError> for AbiError {
             PagletError::NotFound(_) => ErrorKind::NotFound,
             PagletError::Deadlock(_) => ErrorKind::Deadlock,
             PagletError::Failed(_) => ErrorKind::Failed,
+            PagletError::DropsKeys { .. } => ErrorKind::DropsKeys,
         };
         let message = match err {
             PagletError::NotHandled { kind } => kind,
+            PagletError::DropsKeys { keys } => serde_json::Value::from(keys).to_string(),
             PagletError::InvalidArgs(m)
             | PagletError::Failed(m)
             | PagletError::Panicked(m)
@@ -177,6 +185,9 @@ impl From<AbiError> for PagletError {
             ErrorKind::Panicked => PagletError::Panicked(message),
             ErrorKind::NotFound => PagletError::NotFound(message),
             ErrorKind::Deadlock => PagletError::Deadlock(message),
+            ErrorKind::DropsKeys => PagletError::DropsKeys {
+                keys: serde_json::from_str(&message).unwrap_or_else(|_| vec![message]),
+            },
         }
     }
 }
@@ -238,11 +249,36 @@ impl From<AbiHook> for Hook {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Plugin side: the generic shims `export_paglets!` names.
+// Plugin side: the generic shims `export_paglets!` names, over two traits in ordinary Rust
+// that `export.rs` implements.
+
+/// What a library exports, in ordinary Rust: `export.rs` implements it for every class set.
+#[doc(hidden)]
+pub trait Exports: 'static {
+    /// The interface version declared; only test fixtures change it.
+    const ABI: u32;
+    /// The library description as JSON.
+    fn describe() -> Result<String, PagletError>;
+    /// Builds an instance of `class` from `state` (empty: the default) written by code with
+    /// state version `version`.
+    fn create(
+        class: &str,
+        state: &str,
+        version: u32,
+        host: HostLink,
+    ) -> Result<InstanceBox, PagletError>;
+}
+
+/// What the boundary asks of a plugin-side instance, in ordinary Rust.
+pub(crate) trait InstanceOps: Send + 'static {
+    fn handle(&mut self, kind: &str, args: &str) -> Result<String, PagletError>;
+    fn hook(&mut self, hook: Hook) -> Result<(), PagletError>;
+    fn state(&self) -> Result<String, PagletError>;
+}
 
 /// The header `export_paglets!` exports under abi_stable's root module symbol.
 #[doc(hidden)]
-pub const fn lib_header<L: ClassSet>() -> LibHeader {
+pub const fn lib_header<L: Exports>() -> LibHeader {
     // SAFETY: `erased_root_module::<L>` returns a `PagletModRef` erased by abi_stable's own
     // `__call_root_module_loader`, which is what `from_constructor::<PagletModRef>` expects.
     unsafe {
@@ -250,7 +286,7 @@ pub const fn lib_header<L: ClassSet>() -> LibHeader {
     }
 }
 
-extern "C" fn erased_root_module<L: ClassSet>() -> RootModuleResult {
+extern "C" fn erased_root_module<L: Exports>() -> RootModuleResult {
     // Catches unwinding panics itself and turns them into an error value.
     abi_stable::library::__call_root_module_loader(root_module::<L>)
 }
@@ -258,7 +294,7 @@ extern "C" fn erased_root_module<L: ClassSet>() -> RootModuleResult {
 /// Builds the root module of a class set. The harness uses it to drive a paglet in-process
 /// through the same shims a library exports.
 #[doc(hidden)]
-pub fn root_module<L: ClassSet>() -> PagletModRef {
+pub fn root_module<L: Exports>() -> PagletModRef {
     PagletMod {
         paglets_abi: L::ABI,
         panic_unwind: cfg!(panic = "unwind"),
@@ -268,57 +304,52 @@ pub fn root_module<L: ClassSet>() -> PagletModRef {
     .leak_into_prefix()
 }
 
-extern "C" fn describe_shim<L: ClassSet>() -> RResult<RString, AbiError> {
-    to_abi(crate::export::guard(
+extern "C" fn describe_shim<L: Exports>() -> RResult<RString, AbiError> {
+    to_abi(guard(
         || "describing the library".into(),
         None,
-        || crate::export::describe::<L>().map(RString::from),
+        || L::describe().map(RString::from),
     ))
 }
 
-extern "C" fn create_shim<L: ClassSet>(
+extern "C" fn create_shim<L: Exports>(
     class: RStr<'_>,
     state: RStr<'_>,
+    version: u32,
     ctx: ContextBox,
 ) -> RResult<InstanceBox, AbiError> {
     let class = class.as_str();
-    to_abi(crate::export::guard(
+    to_abi(guard(
         || class.to_string(),
         None,
-        || crate::export::create::<L>(class, state.as_str(), ctx),
+        || L::create(class, state.as_str(), version, HostLink(ctx)),
     ))
 }
 
 /// Boxes a plugin-side instance into the boundary object.
-pub(crate) fn instance_box<T: crate::export::InstanceOps>(instance: T) -> InstanceBox {
+pub(crate) fn instance_box<T: InstanceOps>(instance: T) -> InstanceBox {
     InstanceAbi_TO::from_value(instance, TD_Opaque)
 }
 
-impl<T: crate::export::InstanceOps> InstanceAbi for T {
+impl<T: InstanceOps> InstanceAbi for T {
     fn handle(&mut self, kind: RStr<'_>, args: RStr<'_>) -> RResult<RString, AbiError> {
-        to_abi(
-            crate::export::InstanceOps::handle(self, kind.as_str(), args.as_str())
-                .map(RString::from),
-        )
+        to_abi(InstanceOps::handle(self, kind.as_str(), args.as_str()).map(RString::from))
     }
 
     fn hook(&mut self, hook: AbiHook) -> RResult<(), AbiError> {
-        to_abi(crate::export::InstanceOps::hook(self, hook.into()))
+        to_abi(InstanceOps::hook(self, hook.into()))
     }
 
     fn state(&self) -> RResult<RString, AbiError> {
-        to_abi(crate::export::InstanceOps::state(self).map(RString::from))
+        to_abi(InstanceOps::state(self).map(RString::from))
     }
 }
 
 /// Plugin-side view of the host context: ordinary Rust over [`ContextBox`].
-pub(crate) struct HostLink(ContextBox);
+#[doc(hidden)]
+pub struct HostLink(ContextBox);
 
 impl HostLink {
-    pub(crate) fn new(ctx: ContextBox) -> Self {
-        HostLink(ctx)
-    }
-
     pub(crate) fn id(&self) -> String {
         self.0.id().into_string()
     }
@@ -343,50 +374,56 @@ impl HostLink {
 // ---------------------------------------------------------------------------------------------
 // Host side: what the loader needs.
 
-/// The host-side implementation behind a [`ContextBox`], already panic-free.
-pub(crate) trait HostSide: Send + Sync + 'static {
-    fn id(&self) -> String;
-    fn host_name(&self) -> String;
-    fn send(&self, to: &str, kind: &str, args: &str) -> Result<String, PagletError>;
-    fn create(&self, class: &str, state: &str, id: &str) -> Result<String, PagletError>;
-    fn log(&self, level: tracing::Level, target: &str, message: &str);
+/// A host's [`HostContext`] as the boundary object: every callback catches a panic of the
+/// host's own code, so none unwinds into the plugin.
+struct Guarded<H>(H);
+
+fn caught<T>(what: &str, f: impl FnOnce() -> Result<T, PagletError>) -> Result<T, PagletError> {
+    catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(PagletError::Failed(format!("host panicked in {what}"))))
 }
 
-struct HostAdapter<H>(H);
-
-impl<H: HostSide> ContextAbi for HostAdapter<H> {
+impl<H: HostContext> ContextAbi for Guarded<H> {
     fn id(&self) -> RString {
-        self.0.id().into()
+        caught("id", || Ok(self.0.id())).unwrap_or_default().into()
     }
 
     fn host_name(&self) -> RString {
-        self.0.host_name().into()
+        caught("host_name", || Ok(self.0.host_name()))
+            .unwrap_or_default()
+            .into()
     }
 
     fn send(&self, to: RStr<'_>, kind: RStr<'_>, args: RStr<'_>) -> RResult<RString, AbiError> {
         to_abi(
-            self.0
-                .send(to.as_str(), kind.as_str(), args.as_str())
-                .map(RString::from),
+            caught("send", || {
+                self.0.send(to.as_str(), kind.as_str(), args.as_str())
+            })
+            .map(RString::from),
         )
     }
 
     fn create(&self, class: RStr<'_>, state: RStr<'_>, id: RStr<'_>) -> RResult<RString, AbiError> {
+        let id = (!id.is_empty()).then_some(id.as_str());
         to_abi(
-            self.0
-                .create(class.as_str(), state.as_str(), id.as_str())
-                .map(RString::from),
+            caught("create", || {
+                self.0.create(class.as_str(), state.as_str(), id)
+            })
+            .map(RString::from),
         )
     }
 
     fn log(&self, level: AbiLevel, target: RStr<'_>, message: RStr<'_>) {
-        self.0.log(level.into(), target.as_str(), message.as_str());
+        let _ = caught("log", || {
+            self.0.log(level.into(), target.as_str(), message.as_str());
+            Ok(())
+        });
     }
 }
 
-/// Wraps a host-side context into the boundary object.
-pub(crate) fn context_box<H: HostSide>(host: H) -> ContextBox {
-    ContextAbi_TO::from_ptr(RArc::new(HostAdapter(host)), TD_Opaque)
+/// Wraps a host's context into the boundary object.
+pub(crate) fn context_box<H: HostContext>(host: H) -> ContextBox {
+    ContextAbi_TO::from_ptr(RArc::new(Guarded(host)), TD_Opaque)
 }
 
 /// Host-side view of a loaded root module.
@@ -406,9 +443,10 @@ impl Module {
         &self,
         class: &str,
         state: &str,
+        version: u32,
         ctx: ContextBox,
     ) -> Result<InstanceBox, PagletError> {
-        from_abi((self.0.create())(class.into(), state.into(), ctx))
+        from_abi((self.0.create())(class.into(), state.into(), version, ctx))
     }
 }
 
@@ -517,6 +555,9 @@ mod tests {
             PagletError::Panicked("boom".into()),
             PagletError::not_found("no item with id 42"),
             PagletError::Deadlock("a -> b -> a".into()),
+            PagletError::DropsKeys {
+                keys: vec!["extra".into(), "inner.\"odd\" key".into()],
+            },
         ] {
             let back = PagletError::from(super::AbiError::from(err.clone()));
             assert_eq!(back, err);

@@ -13,8 +13,9 @@ pub enum PagletError {
         /// The kind that was sent.
         kind: String,
     },
-    /// The arguments or the state were rejected (HTTP 400 `invalid-args`).
-    #[error("invalid arguments: {0}")]
+    /// The arguments or the state were rejected (HTTP 400 `invalid-args`). The message says
+    /// what and why, e.g. `increment args: invalid type: string "two", expected u64`.
+    #[error("{0}")]
     InvalidArgs(String),
     /// The paglet failed (HTTP 500 `paglet-failed`).
     #[error("{0}")]
@@ -31,6 +32,14 @@ pub enum PagletError {
     /// through others, on the sender (HTTP 409 `deadlock`). The message names the cycle.
     #[error("{0}")]
     Deadlock(String),
+    /// A state holds keys the class's state type would ignore, so they would be lost with the
+    /// next save (HTTP 400 `invalid-args` on create; on a reload the paglet stays on its old
+    /// code). Nested keys read `a.b`.
+    #[error("the state has keys this code would drop: {}", keys.join(", "))]
+    DropsKeys {
+        /// The keys, sorted.
+        keys: Vec<String>,
+    },
 }
 
 impl PagletError {

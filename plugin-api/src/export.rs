@@ -1,24 +1,27 @@
-//! Plugin side: `export_paglets!`, and the ordinary Rust behind the generic shims in `abi.rs`.
+//! Plugin side: `export_paglets!`, the class sets it declares, and the ordinary Rust behind
+//! the generic shims in `abi.rs` ([`Exports`], `InstanceOps`).
 //!
-//! Every call from the host runs inside [`guard`], which catches unwinding panics (including
-//! those of serde and of `Drop`), so nothing unwinds across the boundary. `tracing` events
-//! emitted inside a call are forwarded to the host through the context of the instance whose
-//! code runs, because a cdylib has its own copy of tracing's globals. One subscriber serves
-//! every instance of the library: registering a `Dispatch` costs time proportional to the
-//! dispatchers alive, so one per instance made creating a paglet O(paglets).
+//! Every call from the host runs inside [`guard`], so nothing unwinds across the boundary.
+//! `tracing` events emitted inside a call are forwarded to the host through the context of the
+//! instance whose code runs, because a cdylib has its own copy of tracing's globals. One
+//! subscriber serves every instance of the library: registering a `Dispatch` costs time
+//! proportional to the dispatchers alive, so one per instance made creating a paglet
+//! O(paglets).
 
-use std::cell::{Cell, RefCell};
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Once, OnceLock};
+use std::cell::RefCell;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 use tracing::Dispatch;
 use tracing_core::{Event, Metadata, field::Field, span};
 
-use crate::abi::{ContextBox, HostLink, InstanceBox};
+use crate::abi::{Exports, HostLink, InstanceBox, InstanceOps};
+use crate::context::{Context, ContextInner};
+use crate::describe::{ClassInfo, LibraryInfo};
 use crate::error::PagletError;
-use crate::loader::{ClassInfo, LibraryInfo};
-use crate::paglet::{ClassSet, Context, ContextInner, Hook, Message, Paglet};
+use crate::guard::guard;
+use crate::message::{Hook, Message};
+use crate::paglet::Paglet;
 
 /// Exports paglet types from a `cdylib`: generates the library's root module.
 ///
@@ -73,72 +76,91 @@ macro_rules! __export_paglets {
 }
 
 thread_local! {
-    static IN_GUARD: Cell<bool> = const { Cell::new(false) };
-    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
     /// The contexts of the instances whose code runs on this thread, innermost last (a
     /// paglet-to-paglet send may run the target's handler inside the sender's).
     static RUNNING: RefCell<Vec<Arc<ContextInner>>> = const { RefCell::new(Vec::new()) };
 }
 
-static PANIC_HOOK: Once = Once::new();
-
-/// Routes panic messages raised inside a guarded call to the guard (and from there to the
-/// host's log) instead of stderr. Panics elsewhere go to the previous hook. Installed in this
-/// library's own copy of std, once.
-fn install_panic_hook() {
-    PANIC_HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let guarded = IN_GUARD.try_with(Cell::get).unwrap_or(false);
-            if !guarded {
-                return previous(info);
-            }
-            let mut text = payload_text(info.payload());
-            if let Some(location) = info.location() {
-                text = format!("{text} at {}:{}", location.file(), location.line());
-            }
-            let _ = LAST_PANIC.try_with(|last| *last.borrow_mut() = Some(text));
-        }));
-    });
+/// A set of paglet classes exported together; `export_paglets!` implements it.
+#[doc(hidden)]
+pub trait ClassSet: 'static {
+    /// The interface version declared; only test fixtures change it.
+    const ABI: u32 = crate::abi::PAGLETS_ABI;
+    /// The library name, the first half of every class name.
+    fn library() -> String;
+    /// The library's version.
+    fn version() -> String;
+    /// The classes.
+    fn classes() -> Vec<ClassEntry>;
 }
 
-fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-string panic payload".to_string()
+/// One class of a [`ClassSet`]: its type name and the functions that serve it.
+#[doc(hidden)]
+pub struct ClassEntry {
+    type_name: &'static str,
+    description: &'static str,
+    state_version: u32,
+    template: fn() -> Result<String, PagletError>,
+    create: fn(&str, &str, u32, HostLink) -> Result<InstanceBox, PagletError>,
+}
+
+impl ClassEntry {
+    /// The entry for `P`, named `type_name` within its library.
+    pub fn of<P: Paglet>(type_name: &'static str) -> ClassEntry {
+        ClassEntry {
+            type_name,
+            description: P::DESCRIPTION,
+            state_version: P::STATE_VERSION,
+            template: template::<P>,
+            create: create_instance::<P>,
+        }
     }
 }
 
-/// Runs `f`, turning an unwinding panic into [`PagletError::Panicked`] naming `what` (built
-/// only when needed: this is on every message's path).
-pub(crate) fn guard<T>(
-    what: impl FnOnce() -> String,
-    ctx: Option<&Context>,
-    f: impl FnOnce() -> Result<T, PagletError>,
-) -> Result<T, PagletError> {
-    install_panic_hook();
-    let outer = IN_GUARD.replace(true);
-    let result = catch_unwind(AssertUnwindSafe(f));
-    IN_GUARD.set(outer);
-    result.unwrap_or_else(|payload| {
-        let detail = LAST_PANIC.take().unwrap_or_else(|| payload_text(&*payload));
-        // A payload whose own `Drop` panics would unwind from here; leaking it is safer.
-        std::mem::forget(payload);
-        let message = format!("{} panicked: {detail}", what());
-        if let Some(ctx) = ctx {
-            let _ = catch_unwind(AssertUnwindSafe(|| {
-                ctx.log(tracing::Level::ERROR, &message)
-            }));
-        }
-        Err(PagletError::Panicked(message))
-    })
+/// A single paglet type as a class set; its library name is the crate the type lives in.
+/// Only the harness uses it.
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub struct Single<P>(std::marker::PhantomData<P>);
+
+#[cfg(feature = "testing")]
+impl<P: Paglet> ClassSet for Single<P> {
+    fn library() -> String {
+        let full = std::any::type_name::<P>();
+        full.split("::").next().unwrap_or(full).to_string()
+    }
+
+    fn version() -> String {
+        "0.0.0-in-process".into()
+    }
+
+    fn classes() -> Vec<ClassEntry> {
+        let full = std::any::type_name::<P>();
+        vec![ClassEntry::of::<P>(
+            full.rsplit("::").next().unwrap_or(full),
+        )]
+    }
+}
+
+impl<L: ClassSet> Exports for L {
+    const ABI: u32 = <L as ClassSet>::ABI;
+
+    fn describe() -> Result<String, PagletError> {
+        describe::<L>()
+    }
+
+    fn create(
+        class: &str,
+        state: &str,
+        version: u32,
+        host: HostLink,
+    ) -> Result<InstanceBox, PagletError> {
+        create::<L>(class, state, version, host)
+    }
 }
 
 /// The library description the `describe` entry point returns, as JSON.
-pub(crate) fn describe<L: ClassSet>() -> Result<String, PagletError> {
+fn describe<L: ClassSet>() -> Result<String, PagletError> {
     let library = L::library();
     let classes = L::classes()
         .into_iter()
@@ -150,6 +172,7 @@ pub(crate) fn describe<L: ClassSet>() -> Result<String, PagletError> {
                 class: format!("{library}::{}", entry.type_name),
                 description: entry.description.to_string(),
                 state_template,
+                state_version: entry.state_version,
             })
         })
         .collect::<Result<Vec<_>, PagletError>>()?;
@@ -162,10 +185,11 @@ pub(crate) fn describe<L: ClassSet>() -> Result<String, PagletError> {
 }
 
 /// The `create` entry point: finds the class and builds an instance from its state.
-pub(crate) fn create<L: ClassSet>(
+fn create<L: ClassSet>(
     class: &str,
     state: &str,
-    ctx: ContextBox,
+    version: u32,
+    host: HostLink,
 ) -> Result<InstanceBox, PagletError> {
     let library = L::library();
     let entry = L::classes()
@@ -177,35 +201,40 @@ pub(crate) fn create<L: ClassSet>(
                 == Some(e.type_name)
         })
         .ok_or_else(|| PagletError::Failed(format!("library {library} has no class {class}")))?;
-    (entry.create)(class, state, ctx)
+    (entry.create)(class, state, version, host)
 }
 
 /// The state template of `P`: its default, as JSON.
-pub(crate) fn template<P: Paglet>() -> Result<String, PagletError> {
+fn template<P: Paglet>() -> Result<String, PagletError> {
     serde_json::to_string(&P::default())
         .map_err(|e| PagletError::Failed(format!("default state does not serialize: {e}")))
 }
 
-/// Builds an instance of `P` from its state.
-pub(crate) fn create_instance<P: Paglet>(
+/// Builds an instance of `P` from a state written by code with state version `version`
+/// (see [`crate::paglet::restore`]); an empty state is the default.
+fn create_instance<P: Paglet>(
     class: &str,
     state: &str,
-    ctx: ContextBox,
+    version: u32,
+    host: HostLink,
 ) -> Result<InstanceBox, PagletError> {
-    let ctx = Context::new(HostLink::new(ctx), class);
-    let paglet: P = serde_json::from_str(state)
-        .map_err(|e| PagletError::InvalidArgs(format!("state for {class} rejected: {e}")))?;
+    let ctx = Context::new(host, class);
+    let paglet: P = if state.is_empty() {
+        P::default()
+    } else {
+        let state: Value = serde_json::from_str(state)
+            .map_err(|e| PagletError::InvalidArgs(format!("state for {class} is not JSON: {e}")))?;
+        crate::paglet::restore(state, version).map_err(|e| match e {
+            PagletError::InvalidArgs(m) => {
+                PagletError::InvalidArgs(format!("state for {class}: {m}"))
+            }
+            other => other,
+        })?
+    };
     Ok(crate::abi::instance_box(Shim {
         paglet: Some(paglet),
         ctx,
     }))
-}
-
-/// What the boundary asks of an instance, in ordinary Rust.
-pub(crate) trait InstanceOps: Send + 'static {
-    fn handle(&mut self, kind: &str, args: &str) -> Result<String, PagletError>;
-    fn hook(&mut self, hook: Hook) -> Result<(), PagletError>;
-    fn state(&self) -> Result<String, PagletError>;
 }
 
 /// One instance on the plugin side.
@@ -246,7 +275,8 @@ impl<P: Paglet> Shim<P> {
     ) -> Result<T, PagletError> {
         let Shim { paglet, ctx } = self;
         let what = || format!("{} ({}) in {what}", ctx.class(), ctx.id());
-        guard(what, Some(ctx), || {
+        let log = |message: &str| ctx.log(tracing::Level::ERROR, message);
+        guard(what, Some(&log), || {
             let paglet = paglet
                 .as_mut()
                 .ok_or_else(|| PagletError::Failed("disposed".into()))?;
@@ -278,12 +308,7 @@ impl<P: Paglet> InstanceOps for Shim<P> {
     }
 
     fn hook(&mut self, hook: Hook) -> Result<(), PagletError> {
-        let name = match hook {
-            Hook::Created => "created",
-            Hook::Arrived => "arrived",
-            Hook::Disposing => "disposing",
-        };
-        self.call(name, |paglet, ctx| match hook {
+        self.call(hook.name(), |paglet, ctx| match hook {
             Hook::Created => paglet.created(ctx),
             Hook::Arrived => paglet.arrived(ctx),
             Hook::Disposing => paglet.disposing(ctx),
@@ -298,7 +323,8 @@ impl<P: Paglet> InstanceOps for Shim<P> {
                 self.ctx.id()
             )
         };
-        guard(what, Some(&self.ctx), || {
+        let log = |message: &str| self.ctx.log(tracing::Level::ERROR, message);
+        guard(what, Some(&log), || {
             let paglet = self
                 .paglet
                 .as_ref()
@@ -313,7 +339,9 @@ impl<P: Paglet> Drop for Shim<P> {
     fn drop(&mut self) {
         if let Some(paglet) = self.paglet.take() {
             let what = || format!("{} ({}) while dropping", self.ctx.class(), self.ctx.id());
-            let _ = guard(what, Some(&self.ctx), || {
+            let ctx = &self.ctx;
+            let log = |message: &str| ctx.log(tracing::Level::ERROR, message);
+            let _ = guard(what, Some(&log), || {
                 drop(paglet);
                 Ok(())
             });
@@ -445,11 +473,11 @@ mod tests {
         fn creating_an_instance_registers_no_dispatcher_of_its_own() {
             let test = PagletTest::new::<Chatty>();
             // Warm up: the first call registers the library's dispatcher and the callsites.
-            let first = test.create(CLASS, json!({})).expect("create");
+            let first = test.create_class(CLASS, json!({})).expect("create");
             test.send(&first, "hello", Value::Null).expect("send");
             let before = REGISTRATIONS.load(Ordering::Relaxed);
             for _ in 0..200 {
-                test.create(CLASS, json!({})).expect("create");
+                test.create_class(CLASS, json!({})).expect("create");
             }
             let added = REGISTRATIONS.load(Ordering::Relaxed) - before;
             // One registration per instance made creating O(instances); a few may come from

@@ -31,29 +31,39 @@
 //! # fn main() {}
 //! ```
 //!
-//! The author surface is [`Paglet`], [`Context`], [`Message`], [`Reply`], [`PagletError`] and
-//! [`export_paglets!`]; `testing` (feature `testing`) is the harness. [`loader`] is the host's
-//! side of the boundary.
+//! The author surface is [`Paglet`], [`Context`], [`Message`], [`Reply`], [`PagletError`],
+//! [`state`] (reading an older state) and [`export_paglets!`]; `testing` (feature `testing`)
+//! is the harness. [`loader`] is the host's side of the boundary.
 #![deny(missing_docs)]
 
 mod abi;
+mod context;
+mod describe;
 mod error;
 mod export;
+mod guard;
+mod host_context;
 pub mod loader;
+mod message;
 mod paglet;
+pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 // The author surface. Semver: everything re-exported here is public API; the ABI types stay
 // private so that a move to another stable-ABI crate touches `abi.rs` only.
 pub use abi::PAGLETS_ABI;
+pub use context::Context;
 pub use error::{LoadError, PagletError};
-pub use paglet::{Context, Hook, Message, Paglet, Reply};
+pub use message::{Hook, Message, Reply};
+pub use paglet::Paglet;
+/// Log levels for [`Context::log`], re-exported so a paglet needs no `tracing` dependency.
+pub use tracing::Level;
 
 /// What `export_paglets!` expands to refers to; not part of the API.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::abi::{PAGLETS_ABI, lib_header};
-    pub use crate::paglet::{ClassEntry, ClassSet};
+    pub use crate::export::{ClassEntry, ClassSet};
     pub use abi_stable::library::LibHeader;
 }

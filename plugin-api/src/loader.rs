@@ -4,85 +4,15 @@
 //! what the host does. Libraries are never unloaded: a [`Library`] stays mapped for the life
 //! of the process.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::abi::{self, HostSide, InstanceBox, Module};
+use crate::abi::{self, InstanceBox, Module};
+pub use crate::describe::{ClassInfo, LibraryInfo};
 use crate::error::{LoadError, PagletError};
-use crate::paglet::Hook;
-
-/// What a library says about itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LibraryInfo {
-    /// The library name, the first half of its class names.
-    pub name: String,
-    /// The library's version (its crate version).
-    pub version: String,
-    /// The classes it exports.
-    pub classes: Vec<ClassInfo>,
-}
-
-/// One class a library exports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClassInfo {
-    /// `<library>::<Type>`.
-    pub class: String,
-    /// A one-line description.
-    pub description: String,
-    /// The JSON of the state's default.
-    pub state_template: Value,
-}
-
-/// What the host offers a paglet instance. The loader wraps it so that a panic in these
-/// callbacks is caught on the host side too.
-pub trait HostContext: Send + Sync + 'static {
-    /// The instance's id.
-    fn id(&self) -> String;
-    /// The host's name.
-    fn host_name(&self) -> String;
-    /// Delivers a message from this instance to `to`; `args` and the reply are JSON text.
-    fn send(&self, to: &str, kind: &str, args: &str) -> Result<String, PagletError>;
-    /// Creates a paglet on behalf of this instance; returns its id.
-    fn create(&self, class: &str, state: &str, id: Option<&str>) -> Result<String, PagletError>;
-    /// Logs a line for this instance.
-    fn log(&self, level: tracing::Level, target: &str, message: &str);
-}
-
-struct Guarded<H>(H);
-
-fn caught<T>(what: &str, f: impl FnOnce() -> Result<T, PagletError>) -> Result<T, PagletError> {
-    catch_unwind(AssertUnwindSafe(f))
-        .unwrap_or_else(|_| Err(PagletError::Failed(format!("host panicked in {what}"))))
-}
-
-impl<H: HostContext> HostSide for Guarded<H> {
-    fn id(&self) -> String {
-        caught("id", || Ok(self.0.id())).unwrap_or_default()
-    }
-
-    fn host_name(&self) -> String {
-        caught("host_name", || Ok(self.0.host_name())).unwrap_or_default()
-    }
-
-    fn send(&self, to: &str, kind: &str, args: &str) -> Result<String, PagletError> {
-        caught("send", || self.0.send(to, kind, args))
-    }
-
-    fn create(&self, class: &str, state: &str, id: &str) -> Result<String, PagletError> {
-        let id = (!id.is_empty()).then_some(id);
-        caught("create", || self.0.create(class, state, id))
-    }
-
-    fn log(&self, level: tracing::Level, target: &str, message: &str) {
-        let _ = caught("log", || {
-            self.0.log(level, target, message);
-            Ok(())
-        });
-    }
-}
+pub use crate::host_context::HostContext;
+use crate::message::Hook;
 
 /// A loaded, checked paglet library.
 pub struct Library {
@@ -113,9 +43,7 @@ impl Library {
     /// A library made of class set `L` in this process, through the same shims a built
     /// library exports.
     #[cfg(feature = "testing")]
-    pub(crate) fn in_process<L: crate::paglet::ClassSet>(
-        label: &str,
-    ) -> Result<Library, LoadError> {
+    pub(crate) fn in_process<L: crate::abi::Exports>(label: &str) -> Result<Library, LoadError> {
         Library::from_module(Path::new(label), Module(abi::root_module::<L>()))
     }
 
@@ -153,54 +81,73 @@ impl Library {
         self.info.classes.iter().find(|c| c.class == class)
     }
 
-    /// Creates an instance of `class` from `state` merged over the class's template. Runs no
-    /// hook: the caller runs [`Hook::Created`] or [`Hook::Arrived`] as fits.
+    /// Creates a new instance of `class` from `state` (a JSON object; fields it lacks take
+    /// their defaults, at any depth; `None` or `null` is the class's default). A state with keys
+    /// the class's state type would drop is refused ([`PagletError::DropsKeys`]). Runs no hook:
+    /// the caller runs [`Hook::Created`].
     pub fn create<H: HostContext>(
         &self,
         class: &str,
         state: Option<&Value>,
         host: H,
     ) -> Result<Instance, PagletError> {
-        let info = self.class(class).ok_or_else(|| {
-            PagletError::Failed(format!("library {} has no class {class}", self.info.name))
-        })?;
-        let mut merged = info.state_template.clone();
+        let info = self.class_info(class)?;
         match state {
-            None | Some(Value::Null) => {}
-            Some(state @ Value::Object(_)) => merge(&mut merged, state),
-            Some(other) => {
-                return Err(PagletError::InvalidArgs(format!(
-                    "state for {class} must be a JSON object, not {other}"
-                )));
+            None | Some(Value::Null) => self.instantiate(info, "", info.state_version, host),
+            Some(state @ Value::Object(_)) => {
+                self.instantiate(info, &state.to_string(), info.state_version, host)
             }
+            Some(other) => Err(PagletError::InvalidArgs(format!(
+                "state for {class} must be a JSON object, not {other}"
+            ))),
         }
-        let state = serde_json::to_string(&merged)
-            .map_err(|e| PagletError::InvalidArgs(format!("state: {e}")))?;
+    }
+
+    /// Creates an instance of `class` from a stored `state` that code with state version
+    /// `version` wrote: the same version is read with the checks of
+    /// [`state::read`](crate::state::read), an older one goes through the class's
+    /// `Paglet::upgrade`, a newer one is refused (a paglet never moves back to older code).
+    /// Runs no hook: the caller runs [`Hook::Arrived`].
+    pub fn restore<H: HostContext>(
+        &self,
+        class: &str,
+        state: &Value,
+        version: u32,
+        host: H,
+    ) -> Result<Instance, PagletError> {
+        let info = self.class_info(class)?;
+        self.instantiate(info, &state.to_string(), version, host)
+    }
+
+    fn class_info(&self, class: &str) -> Result<&ClassInfo, PagletError> {
+        self.class(class).ok_or_else(|| {
+            PagletError::Failed(format!("library {} has no class {class}", self.info.name))
+        })
+    }
+
+    fn instantiate<H: HostContext>(
+        &self,
+        info: &ClassInfo,
+        state: &str,
+        version: u32,
+        host: H,
+    ) -> Result<Instance, PagletError> {
         let obj = self
             .module
-            .create(class, &state, abi::context_box(Guarded(host)))?;
+            .create(&info.class, state, version, abi::context_box(host))?;
         Ok(Instance {
             obj,
-            class: class.to_string(),
+            class: info.class.clone(),
+            state_version: info.state_version,
         })
     }
 }
 
-/// Lays `over` onto `base`: objects merge key by key (recursively), anything else replaces.
-pub fn merge(base: &mut Value, over: &Value) {
-    match (base, over) {
-        (Value::Object(base), Value::Object(over)) => {
-            for (key, value) in over {
-                match base.get_mut(key) {
-                    Some(slot) => merge(slot, value),
-                    None => {
-                        base.insert(key.clone(), value.clone());
-                    }
-                }
-            }
-        }
-        (base, over) => *base = over.clone(),
-    }
+/// The id a host gives the `n`th paglet it names itself: the class's type name in lower case
+/// and `n`, e.g. `counter-7`.
+pub fn generated_id(class: &str, n: u64) -> String {
+    let stem = class.rsplit("::").next().unwrap_or(class).to_lowercase();
+    format!("{stem}-{n}")
 }
 
 /// One live paglet instance. Calls on it are answered by the library's code; a panic there
@@ -208,12 +155,14 @@ pub fn merge(base: &mut Value, over: &Value) {
 pub struct Instance {
     obj: InstanceBox,
     class: String,
+    state_version: u32,
 }
 
 impl std::fmt::Debug for Instance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Instance")
             .field("class", &self.class)
+            .field("state_version", &self.state_version)
             .finish()
     }
 }
@@ -222,6 +171,12 @@ impl Instance {
     /// The instance's class.
     pub fn class(&self) -> &str {
         &self.class
+    }
+
+    /// The state version of the code this instance runs: the version its
+    /// [`state`](Instance::state) is written in, to store beside it.
+    pub fn state_version(&self) -> u32 {
+        self.state_version
     }
 
     /// Handles one message; `args` and the reply are JSON text.
@@ -237,6 +192,28 @@ impl Instance {
     /// The instance's state as JSON text.
     pub fn state(&self) -> Result<String, PagletError> {
         abi::instance_state(&self.obj)
+    }
+
+    /// Moves this instance to `library`'s code: its state (and state version) re-created there
+    /// as by [`Library::restore`], then the arrival hook. This instance is left untouched, so
+    /// on any error (the new code would drop keys, cannot read the state, has no such class,
+    /// its `arrived` fails) the caller keeps running it.
+    pub fn migrate_to<H: HostContext>(
+        &self,
+        library: &Library,
+        host: H,
+    ) -> Result<Instance, PagletError> {
+        let info = library.class(&self.class).ok_or_else(|| {
+            PagletError::Failed(format!(
+                "the new code of {} has no class {}",
+                library.path().display(),
+                self.class
+            ))
+        })?;
+        let state = self.state()?;
+        let mut fresh = library.instantiate(info, &state, self.state_version, host)?;
+        fresh.hook(Hook::Arrived)?;
+        Ok(fresh)
     }
 }
 
@@ -316,35 +293,4 @@ fn check_elf(path: &Path) -> Result<(), LoadError> {
 #[cfg(not(target_os = "linux"))]
 fn check_elf(_path: &Path) -> Result<(), LoadError> {
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    fn check(base: serde_json::Value, over: serde_json::Value, expected: serde_json::Value) {
-        let mut merged = base;
-        super::merge(&mut merged, &over);
-        assert_eq!(merged, expected);
-    }
-
-    #[test]
-    fn merge_overlays_objects_and_replaces_the_rest() {
-        check(
-            json!({"count": 0}),
-            json!({"count": 5}),
-            json!({"count": 5}),
-        );
-        check(
-            json!({"a": 1, "b": {"c": 2, "d": 3}}),
-            json!({"b": {"c": 9}}),
-            json!({"a": 1, "b": {"c": 9, "d": 3}}),
-        );
-        check(
-            json!({"a": 1}),
-            json!({"x": [1]}),
-            json!({"a": 1, "x": [1]}),
-        );
-        check(json!({"a": 1}), json!(7), json!(7));
-    }
 }

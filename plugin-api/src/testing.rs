@@ -26,7 +26,10 @@
 //! }
 //!
 //! let test = PagletTest::new::<Counter>();
-//! let id = test.create("rust_out::Counter", serde_json::json!({})).unwrap();
+//! let id = test.create(Counter { count: 41 }).unwrap();
+//! assert_eq!(test.send(&id, "increment", serde_json::Value::Null).unwrap()["count"], 42);
+//! // The same, by class name and JSON (fields left out take their defaults):
+//! let id = test.create_class("rust_out::Counter", serde_json::json!({})).unwrap();
 //! assert_eq!(test.send(&id, "increment", serde_json::Value::Null).unwrap()["count"], 1);
 //! ```
 
@@ -38,15 +41,19 @@ use std::sync::{Arc, Mutex, PoisonError, TryLockError, Weak};
 use serde_json::Value;
 
 use crate::error::{LoadError, PagletError};
-use crate::loader::{ClassInfo, HostContext, Instance, Library};
-use crate::paglet::{Hook, Paglet, Single};
+use crate::export::Single;
+use crate::loader::{ClassInfo, HostContext, Instance, Library, generated_id};
+use crate::message::Hook;
+use crate::paglet::Paglet;
 
 /// One log line a paglet emitted through its context or `tracing`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
     /// The instance's id.
     pub id: String,
-    /// The level.
+    /// The level: the one given to `Context::log` (e.g. [`Level::INFO`](crate::Level::INFO)),
+    /// or the `tracing` macro's (`tracing::warn!` is `Level::WARN`); a caught panic is
+    /// `Level::ERROR`.
     pub level: tracing::Level,
     /// The event's target (the paglet's module path, or its class for `Context::log`).
     pub target: String,
@@ -68,12 +75,12 @@ struct Shared {
 
 /// The harness's host context: messages go to instances of the same harness, and an
 /// instance already handling a message (anywhere up the call chain) refuses another.
-struct TestHost {
+struct HarnessContext {
     shared: Weak<Shared>,
     id: String,
 }
 
-impl HostContext for TestHost {
+impl HostContext for HarnessContext {
     fn id(&self) -> String {
         self.id.clone()
     }
@@ -89,7 +96,7 @@ impl HostContext for TestHost {
     fn create(&self, class: &str, state: &str, id: Option<&str>) -> Result<String, PagletError> {
         let state: Value = serde_json::from_str(state)
             .map_err(|e| PagletError::InvalidArgs(format!("state is not JSON: {e}")))?;
-        Shared::create(&self.shared()?, class, id, &state)
+        Shared::create(&self.shared()?, class, id, &state, None)
     }
 
     fn log(&self, level: tracing::Level, target: &str, message: &str) {
@@ -109,7 +116,7 @@ impl HostContext for TestHost {
     }
 }
 
-impl TestHost {
+impl HarnessContext {
     fn shared(&self) -> Result<Arc<Shared>, PagletError> {
         self.shared
             .upgrade()
@@ -135,34 +142,34 @@ impl Shared {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => {
-                return Err(PagletError::Failed(format!(
-                    "cycle: {to} is already handling a message in this call chain"
+                return Err(PagletError::Deadlock(format!(
+                    "{to} is already handling a message in this call chain"
                 )));
             }
         };
         instance.handle(kind, args)
     }
 
+    fn library(&self, class: &str) -> Result<&Library, PagletError> {
+        self.libraries
+            .iter()
+            .find(|l| l.class(class).is_some())
+            .ok_or_else(|| PagletError::Failed(format!("unknown class {class}")))
+    }
+
+    /// Creates a paglet from `state`: a new one (`version` `None`, creation hook), or one
+    /// restored from a state of that version (arrival hook).
     fn create(
         shared: &Arc<Shared>,
         class: &str,
         id: Option<&str>,
         state: &Value,
+        version: Option<u32>,
     ) -> Result<String, PagletError> {
-        let library = shared
-            .libraries
-            .iter()
-            .find(|l| l.class(class).is_some())
-            .ok_or_else(|| PagletError::Failed(format!("unknown class {class}")))?;
+        let library = shared.library(class)?;
         let id = match id {
             Some(id) => id.to_string(),
-            None => {
-                let n = shared.next_id.fetch_add(1, Ordering::Relaxed);
-                format!(
-                    "{}-{n}",
-                    class.rsplit("::").next().unwrap_or(class).to_lowercase()
-                )
-            }
+            None => generated_id(class, shared.next_id.fetch_add(1, Ordering::Relaxed)),
         };
         if shared
             .instances
@@ -172,12 +179,22 @@ impl Shared {
         {
             return Err(PagletError::Failed(format!("a paglet with id {id} exists")));
         }
-        let host = TestHost {
+        let host = HarnessContext {
             shared: Arc::downgrade(shared),
             id: id.clone(),
         };
-        let mut instance = library.create(class, Some(state), host)?;
-        instance.hook(Hook::Created)?;
+        let instance = match version {
+            None => {
+                let mut instance = library.create(class, Some(state), host)?;
+                instance.hook(Hook::Created)?;
+                instance
+            }
+            Some(version) => {
+                let mut instance = library.restore(class, state, version, host)?;
+                instance.hook(Hook::Arrived)?;
+                instance
+            }
+        };
         let mut instances = shared
             .instances
             .lock()
@@ -234,20 +251,69 @@ impl PagletTest {
             .collect()
     }
 
-    /// Creates a paglet of `class` with `state` merged over its default, runs its creation
-    /// hook, and returns its id.
-    pub fn create(&self, class: &str, state: Value) -> Result<String, PagletError> {
-        Shared::create(&self.shared, class, None, &state)
+    /// Creates a paglet of type `P` with `state`, runs its creation hook, and returns its id:
+    /// `test.create(Counter { count: 41 })`. The class is the one the harness has for `P`
+    /// (the in-process class of [`new::<P>`](PagletTest::new), or the built library's class
+    /// with `P`'s type name).
+    pub fn create<P: Paglet>(&self, state: P) -> Result<String, PagletError> {
+        let class = self.class_of::<P>()?;
+        let state = serde_json::to_value(&state)
+            .map_err(|e| PagletError::InvalidArgs(format!("state does not serialize: {e}")))?;
+        Shared::create(&self.shared, &class, None, &state, None)
     }
 
-    /// Like [`create`](PagletTest::create), with the id given.
+    /// Creates a paglet of `class` (by name) from `state`, a JSON object whose missing fields
+    /// take their defaults, runs its creation hook, and returns its id.
+    pub fn create_class(&self, class: &str, state: Value) -> Result<String, PagletError> {
+        Shared::create(&self.shared, class, None, &state, None)
+    }
+
+    /// Like [`create_class`](PagletTest::create_class), with the id given.
     pub fn create_with_id(
         &self,
         class: &str,
         id: &str,
         state: Value,
     ) -> Result<String, PagletError> {
-        Shared::create(&self.shared, class, Some(id), &state)
+        Shared::create(&self.shared, class, Some(id), &state, None)
+    }
+
+    /// Creates a paglet of `class` from a state that code with state version `version`
+    /// wrote, as the host restores a stored paglet or moves one to new code: an older version
+    /// goes through `Paglet::upgrade`, a newer one is refused. Runs the arrival hook and
+    /// returns the id. This is how an upgrade is tested:
+    /// `test.restore("todo::Todo", json!({"items": ["old"]}), 1)`.
+    pub fn restore(&self, class: &str, state: Value, version: u32) -> Result<String, PagletError> {
+        Shared::create(&self.shared, class, None, &state, Some(version))
+    }
+
+    /// The state version of the code the paglet runs (what a host stores beside its state).
+    pub fn state_version(&self, id: &str) -> Result<u32, PagletError> {
+        let instance = self.shared.instance(id)?;
+        let version = instance
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state_version();
+        Ok(version)
+    }
+
+    /// The class this harness has for type `P`: the one whose type name is `P`'s.
+    fn class_of<P: Paglet>(&self) -> Result<String, PagletError> {
+        let full = std::any::type_name::<P>();
+        let name = full.rsplit("::").next().unwrap_or(full);
+        let mut found = self
+            .classes()
+            .into_iter()
+            .filter(|c| c.class.rsplit("::").next() == Some(name));
+        match (found.next(), found.next()) {
+            (Some(class), None) => Ok(class.class),
+            (None, _) => Err(PagletError::Failed(format!(
+                "the harness has no class {name}"
+            ))),
+            (Some(_), Some(_)) => Err(PagletError::Failed(format!(
+                "the harness has several classes named {name}: use create_class"
+            ))),
+        }
     }
 
     /// Sends a message and returns the reply.
@@ -268,25 +334,16 @@ impl PagletTest {
     }
 
     /// Moves the paglet to a fresh instance of its code with its state and runs its arrival
-    /// hook, as a host reload does.
+    /// hook, as a host reload does (`Instance::migrate_to`). On an error it stays as it was.
     pub fn reload(&self, id: &str) -> Result<(), PagletError> {
         let slot = self.shared.instance(id)?;
         let mut current = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        let state: Value = serde_json::from_str(&current.state()?)
-            .map_err(|e| PagletError::Failed(format!("state: {e}")))?;
-        let library = self
-            .shared
-            .libraries
-            .iter()
-            .find(|l| l.class(current.class()).is_some())
-            .ok_or_else(|| PagletError::Failed(format!("unknown class {}", current.class())))?;
-        let host = TestHost {
+        let library = self.shared.library(current.class())?;
+        let host = HarnessContext {
             shared: Arc::downgrade(&self.shared),
             id: id.to_string(),
         };
-        let mut fresh = library.create(current.class(), Some(&state), host)?;
-        fresh.hook(Hook::Arrived)?;
-        *current = fresh;
+        *current = current.migrate_to(library, host)?;
         Ok(())
     }
 
@@ -340,4 +397,134 @@ pub fn built_library(name: &str) -> Result<PathBuf, String> {
          integration test of a crate with crate-type = [\"cdylib\", \"rlib\"]",
         tried.join(", ")
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+    use serde_json::{Value, json};
+
+    use super::PagletTest;
+    use crate::{Context, Level, Message, Paglet, PagletError, Reply};
+
+    /// Version 2 of a note: `title` renamed `name` (alias), `tags` added, `extra` became
+    /// `extras` through `upgrade`.
+    #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+    struct Note {
+        #[serde(alias = "title")]
+        name: String,
+        body: Body,
+        extras: Vec<u32>,
+    }
+
+    #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+    struct Body {
+        text: String,
+        words: u32,
+    }
+
+    const NOTE: &str = "plugin_api::Note";
+
+    impl Paglet for Note {
+        const STATE_VERSION: u32 = 2;
+
+        fn upgrade(mut old: Value, from_version: u32) -> Result<Self, PagletError> {
+            assert_eq!(from_version, 1, "only version 1 is older");
+            let extra = old
+                .as_object_mut()
+                .and_then(|o| o.remove("extra"))
+                .unwrap_or(json!(0));
+            old["extras"] = json!([extra]);
+            crate::state::read(old)
+        }
+
+        fn handle_message(&mut self, ctx: &Context, msg: Message) -> Result<Reply, PagletError> {
+            ctx.log(
+                Level::WARN,
+                format_args!("{} has {} extras", self.name, self.extras.len()),
+            );
+            Err(msg.not_handled())
+        }
+    }
+
+    #[test]
+    fn a_typed_create_uses_the_value_as_the_state() {
+        let test = PagletTest::new::<Note>();
+        let note = Note {
+            name: "n".into(),
+            ..Note::default()
+        };
+        let id = test.create(note).expect("create");
+        assert_eq!(test.state(&id).expect("state")["name"], "n");
+        assert_eq!(test.state_version(&id), Ok(2));
+    }
+
+    #[test]
+    fn a_state_of_this_version_is_read_with_aliases_and_nested_defaults() {
+        let test = PagletTest::new::<Note>();
+        let id = test
+            .restore(
+                NOTE,
+                json!({"title": "t", "body": {"text": "x"}, "extras": []}),
+                2,
+            )
+            .expect("restore");
+        assert_eq!(
+            test.state(&id),
+            Ok(json!({"name": "t", "body": {"text": "x", "words": 0}, "extras": []}))
+        );
+    }
+
+    #[test]
+    fn an_older_state_goes_through_upgrade() {
+        let test = PagletTest::new::<Note>();
+        let id = test
+            .restore(
+                NOTE,
+                json!({"title": "t", "body": {"text": "x"}, "extra": 7}),
+                1,
+            )
+            .expect("restore");
+        assert_eq!(
+            test.state(&id),
+            Ok(json!({"name": "t", "body": {"text": "x", "words": 0}, "extras": [7]}))
+        );
+        assert_eq!(test.state_version(&id), Ok(2));
+    }
+
+    #[test]
+    fn keys_the_type_would_drop_are_refused_on_restore_and_create() {
+        let test = PagletTest::new::<Note>();
+        let dropping = json!({"name": "t", "extra": 7, "body": {"old": 1}});
+        let expected = PagletError::DropsKeys {
+            keys: vec!["body.old".into(), "extra".into()],
+        };
+        assert_eq!(
+            test.restore(NOTE, dropping.clone(), 2),
+            Err(expected.clone())
+        );
+        assert_eq!(test.create_class(NOTE, dropping), Err(expected));
+    }
+
+    #[test]
+    fn a_state_from_a_newer_version_is_refused() {
+        let test = PagletTest::new::<Note>();
+        let err = test.restore(NOTE, json!({}), 3).expect_err("newer");
+        assert!(
+            matches!(&err, PagletError::InvalidArgs(m) if m.contains("state version 3 is newer than this code's state version 2")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn context_log_takes_a_level_and_any_display() {
+        let test = PagletTest::new::<Note>();
+        let id = test.create(Note::default()).expect("create");
+        let _ = test.send(&id, "anything", Value::Null);
+        let logs = test.logs();
+        assert_eq!(logs.len(), 1, "{logs:?}");
+        assert_eq!(logs[0].level, Level::WARN);
+        assert_eq!(logs[0].message, " has 0 extras");
+        assert_eq!(logs[0].target, NOTE);
+    }
 }

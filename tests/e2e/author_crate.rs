@@ -59,7 +59,7 @@ mod tests {
     #[test]
     fn greets_and_counts() {
         let test = PagletTest::new::<Greeter>();
-        let id = test.create("my_paglet::Greeter", json!({})).unwrap();
+        let id = test.create(Greeter::default()).unwrap();
         let reply = test.send(&id, "greet", json!({"name": "Ada"})).unwrap();
         assert_eq!(reply, json!({"message": "Hello, Ada!", "greeted": 1}));
         assert_eq!(test.state(&id).unwrap(), json!({"greeted": 1}));
@@ -80,7 +80,7 @@ fn the_built_library_greets() {
     let path = built_library("my-paglet").unwrap();
     let test = PagletTest::from_library(&path).unwrap();
     let id = test
-        .create("my_paglet::Greeter", json!({"greeted": 41}))
+        .create_class("my_paglet::Greeter", json!({"greeted": 41}))
         .unwrap();
     let reply = test.send(&id, "greet", json!({})).unwrap();
     assert_eq!(reply, json!({"message": "Hello, world!", "greeted": 42}));

@@ -12,3 +12,4 @@ mod http_edges;
 mod lifecycle;
 mod mesh;
 mod reload;
+mod state_evolution;

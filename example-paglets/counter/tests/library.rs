@@ -11,7 +11,7 @@ fn the_built_library_counts() {
     assert_eq!(classes, ["counter::Counter"]);
     assert_eq!(test.classes()[0].state_template, json!({"count": 0}));
     let id = test
-        .create("counter::Counter", json!({"count": 2}))
+        .create_class("counter::Counter", json!({"count": 2}))
         .expect("create");
     assert_eq!(
         test.send(&id, "increment", json!({"by": 3})),

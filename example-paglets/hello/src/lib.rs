@@ -125,7 +125,9 @@ mod tests {
     #[test]
     fn greets_by_name_and_counts() {
         let test = PagletTest::new::<Hello>();
-        let id = test.create("hello::Hello", json!({})).expect("create");
+        let id = test
+            .create_class("hello::Hello", json!({}))
+            .expect("create");
         assert_eq!(
             test.send(&id, "greet", Value::Null),
             Ok(json!({"message": "Hello, world!"}))
@@ -146,7 +148,7 @@ mod tests {
     fn greets_with_the_given_greeting_and_logs_it_with_the_id() {
         let test = PagletTest::new::<Hello>();
         let id = test
-            .create("hello::Hello", json!({"greeting": "Bonjour"}))
+            .create_class("hello::Hello", json!({"greeting": "Bonjour"}))
             .expect("create");
         assert_eq!(
             test.send(&id, "greet", json!({"name": "Lyon"})),
@@ -166,7 +168,7 @@ mod tests {
         let test = PagletTest::new::<Hello>().with::<Echo>();
         let args = json!({"a": [1, 2, {"b": null}], "c": "d"});
         for class in ["hello::Hello", "hello::Echo"] {
-            let id = test.create(class, json!({})).expect("create");
+            let id = test.create_class(class, json!({})).expect("create");
             assert_eq!(test.send(&id, "echo", args.clone()), Ok(args.clone()));
             assert_eq!(test.send(&id, "echo", Value::Null), Ok(Value::Null));
         }
@@ -175,7 +177,9 @@ mod tests {
     #[test]
     fn forwards_to_an_echo_but_not_to_itself() {
         let test = PagletTest::new::<Hello>().with::<Echo>();
-        let hello = test.create("hello::Hello", json!({})).expect("create");
+        let hello = test
+            .create_class("hello::Hello", json!({}))
+            .expect("create");
         let echo = test
             .create_with_id("hello::Echo", "echo-1", json!({}))
             .expect("create");
@@ -188,7 +192,7 @@ mod tests {
         let to_self = json!({"to": hello, "kind": "greet"});
         let err = test.send(&hello, "forward", to_self);
         assert!(
-            matches!(&err, Err(PagletError::Failed(m)) if m.contains("cycle")),
+            matches!(&err, Err(PagletError::Deadlock(m)) if m.contains(&hello)),
             "{err:?}"
         );
         let err = test.send(&hello, "forward", json!({"to": echo, "kind": "fly"}));
@@ -210,7 +214,9 @@ mod tests {
     #[test]
     fn spawns_paglets() {
         let test = PagletTest::new::<Hello>().with::<Echo>();
-        let id = test.create("hello::Hello", json!({})).expect("create");
+        let id = test
+            .create_class("hello::Hello", json!({}))
+            .expect("create");
         let spawn = json!({"class": "hello::Echo", "state": {"echoed": 5}, "id": "child"});
         assert_eq!(test.send(&id, "spawn", spawn), Ok(json!({"id": "child"})));
         assert_eq!(test.state("child"), Ok(json!({"echoed": 5})));
@@ -230,7 +236,7 @@ mod tests {
     fn does_not_handle_unknown_kinds() {
         let test = PagletTest::new::<Hello>().with::<Echo>();
         for class in ["hello::Hello", "hello::Echo"] {
-            let id = test.create(class, json!({})).expect("create");
+            let id = test.create_class(class, json!({})).expect("create");
             let err = test.send(&id, "fly", Value::Null);
             assert_eq!(err, Err(PagletError::NotHandled { kind: "fly".into() }));
         }

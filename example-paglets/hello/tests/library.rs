@@ -16,7 +16,9 @@ fn the_built_library_greets_and_forwards() {
         test.classes()[0].state_template,
         json!({"greeting": "Hello", "greeted": 0})
     );
-    let hello = test.create("hello::Hello", json!({})).expect("create");
+    let hello = test
+        .create_class("hello::Hello", json!({}))
+        .expect("create");
     assert_eq!(
         test.send(&hello, "greet", json!({"name": "library"})),
         Ok(json!({"message": "Hello, library!"}))

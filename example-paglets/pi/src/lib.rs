@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn answers_digits_and_counts() {
         let test = PagletTest::new::<Pi>();
-        let id = test.create("pi::Pi", json!({})).expect("create");
+        let id = test.create_class("pi::Pi", json!({})).expect("create");
         assert_eq!(
             test.send(&id, "digits", json!({"n": 50})),
             Ok(json!({"n": 50, "digits": PI_50}))
@@ -157,7 +157,7 @@ mod tests {
     #[test]
     fn rejects_bad_n_and_unknown_kinds() {
         let test = PagletTest::new::<Pi>();
-        let id = test.create("pi::Pi", json!({})).expect("create");
+        let id = test.create_class("pi::Pi", json!({})).expect("create");
         for n in [
             json!(0),
             json!(100_001),

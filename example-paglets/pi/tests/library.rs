@@ -10,7 +10,7 @@ fn the_built_library_computes_pi() {
     let classes: Vec<String> = test.classes().into_iter().map(|c| c.class).collect();
     assert_eq!(classes, ["pi::Pi"]);
     assert_eq!(test.classes()[0].state_template, json!({"computed": 0}));
-    let id = test.create("pi::Pi", json!({})).expect("create");
+    let id = test.create_class("pi::Pi", json!({})).expect("create");
     assert_eq!(
         test.send(&id, "digits", json!({"n": 10})),
         Ok(json!({"n": 10, "digits": "3.1415926535"}))

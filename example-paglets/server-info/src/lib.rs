@@ -83,7 +83,7 @@ mod tests {
     fn reports_the_machine_and_counts_queries() {
         let test = PagletTest::new::<ServerInfo>();
         let id = test
-            .create("server_info::ServerInfo", json!({}))
+            .create_class("server_info::ServerInfo", json!({}))
             .expect("create");
         let info = test.send(&id, "info", Value::Null).expect("info");
         assert!(info["logical_cpus"].as_u64() >= Some(1), "{info}");
@@ -108,7 +108,7 @@ mod tests {
     fn keeps_its_count_across_a_reload_and_rejects_unknown_kinds() {
         let test = PagletTest::new::<ServerInfo>();
         let id = test
-            .create("server_info::ServerInfo", json!({"queries": 9}))
+            .create_class("server_info::ServerInfo", json!({"queries": 9}))
             .expect("create");
         test.reload(&id).expect("reload");
         test.send(&id, "info", Value::Null).expect("info");

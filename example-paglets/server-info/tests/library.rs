@@ -11,7 +11,7 @@ fn the_built_library_reports_the_machine() {
     assert_eq!(classes, ["server_info::ServerInfo"]);
     assert_eq!(test.classes()[0].state_template, json!({"queries": 0}));
     let id = test
-        .create("server_info::ServerInfo", json!({}))
+        .create_class("server_info::ServerInfo", json!({}))
         .expect("create");
     let info = test.send(&id, "info", Value::Null).expect("info");
     assert!(info["logical_cpus"].as_u64() >= Some(1), "{info}");

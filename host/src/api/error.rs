@@ -112,7 +112,7 @@ impl From<PagletError> for ApiError {
             PagletError::NotHandled { .. } => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "not-handled", message)
             }
-            PagletError::InvalidArgs(_) => {
+            PagletError::InvalidArgs(_) | PagletError::DropsKeys { .. } => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid-args", message)
             }
             PagletError::Panicked(_) => Self::new(
@@ -218,6 +218,13 @@ mod tests {
                 PagletError::Deadlock("a -> b -> a".into()),
                 StatusCode::CONFLICT,
                 "deadlock",
+            ),
+            (
+                PagletError::DropsKeys {
+                    keys: vec!["extra".into()],
+                },
+                StatusCode::BAD_REQUEST,
+                "invalid-args",
             ),
             (
                 PagletError::failed("disk full"),

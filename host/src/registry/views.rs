@@ -74,6 +74,7 @@ impl Registry {
                     library_version: lib.library.info().version.clone(),
                     description: info.description.clone(),
                     state_template: info.state_template.clone(),
+                    state_version: info.state_version,
                     path: path.clone(),
                 })
             })
@@ -116,6 +117,7 @@ pub struct ClassView {
     library_version: String,
     description: String,
     state_template: Value,
+    state_version: u32,
     path: PathBuf,
 }
 

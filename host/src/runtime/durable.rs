@@ -25,9 +25,6 @@ use super::{Runtime, RuntimeError, lock};
 use crate::registry::unix_seconds;
 use crate::store::{Durability, Persistence, Record, Status, Store, StoreError};
 
-/// The version stamped on stored states until the plugin API reports one per class.
-const STATE_VERSION: u32 = 1;
-
 /// What a paglet needs to save itself: the store, the mode, and the checkpointer's dirty list.
 pub struct Saver {
     store: Arc<Store>,
@@ -111,7 +108,7 @@ impl Paglet {
             id: self.id.clone(),
             class: self.class.clone(),
             state: instance.state()?,
-            state_version: STATE_VERSION,
+            state_version: instance.state_version(),
             library: info.name.clone(),
             library_version: info.version.clone(),
             library_sha256: code.sha256.clone(),

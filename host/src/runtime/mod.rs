@@ -226,7 +226,16 @@ impl Runtime {
         if taken(&self.table()) {
             return Err(RuntimeError::Duplicate(id));
         }
-        let mut instance = lib.library.create(class, state, self.context(&id, class))?;
+        let context = self.context(&id, class);
+        // A stored state is read as the code that wrote it left it: its version decides
+        // whether the class's `upgrade` runs (a newer version than the code's is refused).
+        let mut instance = match (stored, state) {
+            (Some(record), Some(state)) => {
+                lib.library
+                    .restore(class, state, record.state_version, context)?
+            }
+            _ => lib.library.create(class, state, context)?,
+        };
         instance.hook(match origin {
             Origin::New => Hook::Created,
             Origin::Restored => Hook::Arrived,
@@ -255,9 +264,11 @@ impl Runtime {
     }
 
     fn fresh_id(&self, class: &str) -> String {
-        let stem = class.rsplit("::").next().unwrap_or(class).to_lowercase();
         loop {
-            let id = format!("{stem}-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+            let id = plugin_api::loader::generated_id(
+                class,
+                self.next_id.fetch_add(1, Ordering::Relaxed),
+            );
             if self.paglet(&id).is_err() {
                 return id;
             }

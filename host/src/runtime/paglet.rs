@@ -260,7 +260,9 @@ impl Paglet {
                 }
             }
             Job::Migrate { lib, context, done } => {
-                match migrate(&mut instance, &self.class, &lib, context) {
+                // Snapshot, re-create on the new code, run the arrival hook; on failure the old
+                // instance is untouched and keeps serving.
+                match instance.migrate_to(&lib.library, context) {
                     Ok(fresh) => {
                         *instance = fresh;
                         *lock(&self.code) = lib;
@@ -289,25 +291,4 @@ impl Paglet {
         drop(instance);
         self.busy.store(false, Ordering::Release);
     }
-}
-
-/// Snapshot, re-create on the new code, run the arrival hook. The old instance is untouched
-/// on failure.
-fn migrate(
-    old: &mut Instance,
-    class: &str,
-    lib: &LoadedLib,
-    context: HostContext,
-) -> Result<Instance, PagletError> {
-    if lib.library.class(class).is_none() {
-        return Err(PagletError::Failed(format!(
-            "the new code of {} has no class {class}",
-            lib.source.display()
-        )));
-    }
-    let state: Value = serde_json::from_str(&old.state()?)
-        .map_err(|e| PagletError::Failed(format!("state: {e}")))?;
-    let mut fresh = lib.library.create(class, Some(&state), context)?;
-    fresh.hook(Hook::Arrived)?;
-    Ok(fresh)
 }

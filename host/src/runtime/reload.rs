@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
+use plugin_api::PagletError;
 use serde::Serialize;
 
 use super::paglet::{Job, Paglet, QueueAt, Replier};
@@ -25,6 +26,16 @@ pub struct MigrationFailure {
     pub error: String,
 }
 
+/// A paglet deliberately kept on its old code: the new code would drop these keys of its
+/// state (the author removes them on purpose with a new `STATE_VERSION` and `upgrade`).
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldPaglet {
+    /// The paglet.
+    pub id: String,
+    /// The keys the new code would drop (`a.b` for nested ones).
+    pub keys: Vec<String>,
+}
+
 /// What `POST /admin/rescan` returns.
 #[derive(Debug, Serialize)]
 pub struct RescanReply {
@@ -34,8 +45,10 @@ pub struct RescanReply {
     /// Files refused by this scan.
     pub errors: Vec<FileError>,
     migrated: Vec<String>,
-    /// Paglets that stay on their old code, and why.
+    /// Paglets that stay on their old code because the migration failed, and why.
     pub migration_failed: Vec<MigrationFailure>,
+    /// Paglets that stay on their old code because the new code would drop keys.
+    pub held: Vec<HeldPaglet>,
     /// Paglets still busy; each migrates when it becomes idle.
     pending: Vec<String>,
 }
@@ -55,6 +68,7 @@ type Outcome = (String, Result<(), RuntimeError>);
 struct Migrations {
     migrated: Vec<String>,
     failed: Vec<MigrationFailure>,
+    held: Vec<HeldPaglet>,
     pending: Vec<String>,
 }
 
@@ -91,6 +105,7 @@ impl Runtime {
             errors: report.errors,
             migrated: migrations.migrated,
             migration_failed: migrations.failed,
+            held: migrations.held,
             pending: migrations.pending,
         }
     }
@@ -143,10 +158,13 @@ fn wait_for_migrations(
     deadline: Instant,
 ) -> Migrations {
     let mut done = Migrations::default();
-    while done.migrated.len() + done.failed.len() < queued.len() {
+    while done.migrated.len() + done.failed.len() + done.held.len() < queued.len() {
         let left = deadline.saturating_duration_since(Instant::now());
         match outcomes.recv_timeout(left) {
             Ok((id, Ok(()))) => done.migrated.push(id),
+            Ok((id, Err(RuntimeError::Paglet(PagletError::DropsKeys { keys })))) => {
+                done.held.push(HeldPaglet { id, keys })
+            }
             Ok((id, Err(e))) => done.failed.push(MigrationFailure {
                 id,
                 error: e.to_string(),
@@ -159,6 +177,7 @@ fn wait_for_migrations(
         .iter()
         .map(String::as_str)
         .chain(done.failed.iter().map(|f| f.id.as_str()))
+        .chain(done.held.iter().map(|h| h.id.as_str()))
         .collect();
     let pending = queued
         .iter()
@@ -171,8 +190,6 @@ fn wait_for_migrations(
 
 #[cfg(test)]
 mod tests {
-    use plugin_api::PagletError;
-
     use super::*;
 
     #[test]
@@ -190,6 +207,24 @@ mod tests {
         assert_eq!(done.failed.len(), 1);
         assert_eq!(done.failed[0].id, "b");
         assert_eq!(done.pending, ["c"]);
+    }
+
+    #[test]
+    fn a_migration_that_would_drop_keys_is_held_with_its_keys() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let keys = vec!["extra".to_string(), "inner.old".to_string()];
+        tx.send((
+            "a".to_string(),
+            Err(RuntimeError::Paglet(PagletError::DropsKeys {
+                keys: keys.clone(),
+            })),
+        ))
+        .expect("send");
+        let far = Instant::now() + Duration::from_secs(3600);
+        let done = wait_for_migrations(vec!["a".to_string()], &rx, far);
+        assert_eq!(done.held.len(), 1);
+        assert_eq!((done.held[0].id.as_str(), &done.held[0].keys), ("a", &keys));
+        assert!(done.failed.is_empty() && done.pending.is_empty());
     }
 
     #[test]

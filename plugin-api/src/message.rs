@@ -1,0 +1,146 @@
+//! The data a paglet handles: [`Message`], [`Reply`] and the lifecycle [`Hook`]s.
+
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use crate::error::PagletError;
+
+/// The lifecycle hooks, in the order an instance meets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// After creation from the initial state.
+    Created,
+    /// After a move to new code (or a restore), with the state it had.
+    Arrived,
+    /// Before disposal.
+    Disposing,
+}
+
+impl Hook {
+    /// The hook's name, as the `Paglet` method that runs it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Created => "created",
+            Hook::Arrived => "arrived",
+            Hook::Disposing => "disposing",
+        }
+    }
+}
+
+/// One message: a kind and JSON arguments (`null` when none were given).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// What the sender asks for, e.g. `"increment"`.
+    pub kind: String,
+    /// The arguments, `Value::Null` when absent.
+    pub args: Value,
+}
+
+impl Message {
+    /// Builds a message.
+    pub fn new(kind: impl Into<String>, args: Value) -> Self {
+        Message {
+            kind: kind.into(),
+            args,
+        }
+    }
+
+    /// Decodes the arguments into `T`; a mismatch is [`PagletError::InvalidArgs`].
+    /// Absent arguments decode as an empty object, so optional fields work without args.
+    pub fn args<T: DeserializeOwned>(&self) -> Result<T, PagletError> {
+        let args = match &self.args {
+            Value::Null => Value::Object(Default::default()),
+            other => other.clone(),
+        };
+        serde_json::from_value(args).map_err(|e| self.bad_args(e))
+    }
+
+    /// Decodes the whole message into an enum with one variant per kind, declared with
+    /// `#[serde(tag = "kind", content = "args")]`: a kind with no variant is
+    /// [`PagletError::NotHandled`], arguments that do not fit their variant are
+    /// [`PagletError::InvalidArgs`]. Absent arguments (`null`) and an empty object are taken
+    /// as each other where that fits: both fit a unit variant, and a struct variant whose
+    /// fields all have defaults.
+    ///
+    /// ```
+    /// use plugin_api::{Message, PagletError};
+    /// use serde::Deserialize;
+    ///
+    /// #[derive(Deserialize)]
+    /// #[serde(tag = "kind", content = "args", rename_all = "snake_case")]
+    /// enum TodoMsg {
+    ///     Add { text: String },
+    ///     Done { id: u64 },
+    ///     List,
+    /// }
+    ///
+    /// let msg = Message::new("done", serde_json::json!({"id": 42}));
+    /// assert!(matches!(msg.parse::<TodoMsg>(), Ok(TodoMsg::Done { id: 42 })));
+    /// assert!(matches!(Message::new("list", serde_json::Value::Null).parse(), Ok(TodoMsg::List)));
+    /// assert!(matches!(Message::new("list", serde_json::json!({})).parse(), Ok(TodoMsg::List)));
+    /// let fly = Message::new("fly", serde_json::Value::Null).parse::<TodoMsg>();
+    /// assert!(matches!(fly, Err(PagletError::NotHandled { .. })));
+    /// let bad = Message::new("done", serde_json::json!({"id": "x"})).parse::<TodoMsg>();
+    /// assert!(matches!(bad, Err(PagletError::InvalidArgs(_))));
+    /// ```
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, PagletError> {
+        let mut whole = serde_json::Map::new();
+        whole.insert("kind".into(), Value::String(self.kind.clone()));
+        if !self.args.is_null() {
+            whole.insert("args".into(), self.args.clone());
+        }
+        let first = match T::deserialize(&Value::Object(whole.clone())) {
+            Ok(value) => return Ok(value),
+            Err(e) => e,
+        };
+        if first.to_string().starts_with("unknown variant") {
+            return Err(self.not_handled());
+        }
+        let empty_object = self.args.as_object().is_some_and(|args| args.is_empty());
+        if self.args.is_null() {
+            // A struct variant whose fields all have defaults, sent without args.
+            whole.insert("args".into(), Value::Object(Default::default()));
+        } else if empty_object {
+            // A unit variant, sent with `{}`.
+            whole.remove("args");
+        } else {
+            return Err(self.bad_args(first));
+        }
+        T::deserialize(&Value::Object(whole)).map_err(|_| self.bad_args(first))
+    }
+
+    /// The answer to a kind this paglet does not handle.
+    pub fn not_handled(&self) -> PagletError {
+        PagletError::NotHandled {
+            kind: self.kind.clone(),
+        }
+    }
+
+    fn bad_args(&self, err: serde_json::Error) -> PagletError {
+        PagletError::InvalidArgs(format!("{} args: {err}", self.kind))
+    }
+}
+
+/// A reply: any JSON value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply(pub Value);
+
+impl Reply {
+    /// Replies with the serde representation of `value`.
+    pub fn new(value: impl Serialize) -> Result<Reply, PagletError> {
+        serde_json::to_value(value)
+            .map(Reply)
+            .map_err(|e| PagletError::Failed(format!("reply does not serialize: {e}")))
+    }
+
+    /// Replies with `null`.
+    pub fn empty() -> Reply {
+        Reply(Value::Null)
+    }
+}
+
+impl From<Value> for Reply {
+    fn from(value: Value) -> Self {
+        Reply(value)
+    }
+}
