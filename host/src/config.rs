@@ -305,73 +305,22 @@ fn is_loopback(host: &str) -> bool {
 
 impl HostConfig {
     /// Validates the flags against the launch config; flags win.
-    pub fn from_args(args: HostArgs) -> Result<HostConfig, UsageError> {
+    pub fn from_args(mut args: HostArgs) -> Result<HostConfig, UsageError> {
         let (file, base) = read_launch_file(args.launch_config.as_deref())?;
-        let host = file.host;
+        let mut host = file.host;
         let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-        let name = args.name.or(host.name).ok_or_else(|| {
-            UsageError("--name is required (or [host] name in the launch config)".into())
-        })?;
-        if !crate::runtime::valid_id(&name) {
-            return Err(UsageError(format!(
-                "--name '{name}': use 1 to 128 of A-Z a-z 0-9 . _ - (not . or ..); the name is a folder of the persistence dir"
-            )));
-        }
-        let paths: Vec<PathBuf> = if !args.paths.is_empty() {
-            // Absolute, so a re-executed host and the reports name the same files.
-            args.paths
-                .into_iter()
-                .map(|p| std::path::absolute(&p).unwrap_or(p))
-                .collect()
-        } else {
-            let from_file = file.discovery.paths.or(host.paths).unwrap_or_default();
-            from_file.into_iter().map(rel).collect()
-        };
-        if paths.is_empty() {
-            return Err(UsageError(
-                "--paths is required (or [discovery] paths in the launch config)".into(),
-            ));
-        }
-        let section = file.auto_update;
-        let auto_update = (args.auto_update_from_git || host.auto_update_from_git == Some(true))
-            .then(|| crate::update::UpdateSettings {
-                build_command: args
-                    .build_command
-                    .or(host.build_command)
-                    .or(section.build_command)
-                    .unwrap_or_else(|| "cargo build --release --locked".into()),
-                build_timeout: Duration::from_secs(
-                    args.build_timeout
-                        .or(host.build_timeout)
-                        .or(section.build_timeout)
-                        .unwrap_or(900),
-                ),
-                lock_timeout: Duration::from_secs(
-                    args.update_lock_timeout
-                        .or(host.update_lock_timeout)
-                        .or(section.update_lock_timeout)
-                        .unwrap_or(300),
-                ),
-            });
-        let api_key_env = args.api_key_env.or(host.api_key_env);
-        let api_key = api_key(api_key_env.as_deref())?;
-        let bind = args
-            .host
-            .or(host.host)
-            .unwrap_or_else(|| "127.0.0.1".into());
-        let allow_unauthenticated =
-            args.allow_unauthenticated || host.allow_unauthenticated.unwrap_or(false);
-        if api_key.is_none() && !is_loopback(&bind) && !allow_unauthenticated {
-            return Err(UsageError(format!(
-                "--host {bind} is not a loopback address and no API key is set; set PAGLETS_API_KEY or pass --allow-unauthenticated"
-            )));
-        }
-        let public_url = args.public_url.or(host.public_url);
-        if let Some(url) = &public_url {
-            check_public_url(url, api_key.is_some())?;
-        }
-        let mut properties = host.property.into_map()?;
-        properties.extend(args.property);
+        let name = host_name(args.name.take().or(host.name.take()))?;
+        let paths = scan_paths(
+            std::mem::take(&mut args.paths),
+            file.discovery
+                .paths
+                .or(host.paths.take())
+                .map(|paths| paths.into_iter().map(rel).collect()),
+        )?;
+        let auto_update = auto_update(&mut args, &mut host, file.auto_update);
+        let access = access(&mut args, &mut host)?;
+        let mut properties = std::mem::take(&mut host.property).into_map()?;
+        properties.extend(std::mem::take(&mut args.property));
         let watch = if args.no_watch {
             false
         } else if args.watch {
@@ -381,36 +330,10 @@ impl HostConfig {
         };
         let persistence_dir = args
             .persistence_dir
-            .or(host.persistence_dir.map(rel))
+            .take()
+            .or(host.persistence_dir.take().map(rel))
             .unwrap_or_else(|| home().join(".paglets/hosts").join(&name));
-        let peers = if !args.peer.is_empty() {
-            args.peer
-        } else if !file.mesh.peers.is_empty() {
-            file.mesh.peers
-        } else {
-            host.peer
-        };
-        let probe_ms = args
-            .mesh_probe_ms
-            .or(host.mesh_probe_ms)
-            .or(file.mesh.probe_ms)
-            .unwrap_or(1000);
-        if probe_ms < 10 {
-            return Err(UsageError(format!(
-                "--mesh-probe-ms {probe_ms}: use at least 10"
-            )));
-        }
-        let mesh = crate::mesh::MeshSettings {
-            enabled: !(args.no_mesh || host.no_mesh == Some(true)),
-            seeds: peers.clone(),
-            probe_period: Duration::from_millis(probe_ms),
-            forget_after: Duration::from_secs(
-                args.mesh_forget_after
-                    .or(host.mesh_forget_after)
-                    .or(file.mesh.forget_after)
-                    .unwrap_or(3600),
-            ),
-        };
+        let mesh = mesh_settings(&mut args, &mut host, file.mesh)?;
         let checkpoint_ms = args.checkpoint_ms.or(host.checkpoint_ms).unwrap_or(100);
         if checkpoint_ms == 0 {
             return Err(UsageError("--checkpoint-ms must be at least 1".into()));
@@ -418,10 +341,10 @@ impl HostConfig {
         Ok(HostConfig {
             name,
             paths,
-            bind,
-            public_url,
+            bind: access.bind,
+            public_url: access.public_url,
             port: args.port.or(host.port).unwrap_or(8765),
-            peers,
+            peers: mesh.seeds.clone(),
             mesh_version: args.mesh_version.or(host.mesh_version),
             tags: crate::mesh::normalize_tags(if args.tag.is_empty() {
                 &host.tag
@@ -429,7 +352,7 @@ impl HostConfig {
                 &args.tag
             }),
             properties,
-            api_key,
+            api_key: access.api_key,
             persistence_dir,
             durability: args.durability.or(host.durability).unwrap_or_default(),
             checkpoint: Duration::from_millis(checkpoint_ms),
@@ -464,8 +387,171 @@ impl HostConfig {
     }
 }
 
+/// `--name`: required, and following the id rule (it becomes a folder name).
+fn host_name(name: Option<String>) -> Result<String, UsageError> {
+    let name = name.ok_or_else(|| {
+        UsageError("--name is required (or [host] name in the launch config)".into())
+    })?;
+    if !crate::runtime::valid_id(&name) {
+        return Err(UsageError(format!(
+            "--name '{name}': use 1 to 128 of A-Z a-z 0-9 . _ - (not . or ..); the name is a folder of the persistence dir"
+        )));
+    }
+    Ok(name)
+}
+
+/// The folders to scan: the flag's (made absolute, so a re-executed host and the reports
+/// name the same files), else the launch config's (already resolved against its folder).
+fn scan_paths(
+    flag: Vec<PathBuf>,
+    from_file: Option<Vec<PathBuf>>,
+) -> Result<Vec<PathBuf>, UsageError> {
+    let paths: Vec<PathBuf> = if !flag.is_empty() {
+        flag.into_iter()
+            .map(|p| std::path::absolute(&p).unwrap_or(p))
+            .collect()
+    } else {
+        from_file.unwrap_or_default()
+    };
+    if paths.is_empty() {
+        return Err(UsageError(
+            "--paths is required (or [discovery] paths in the launch config)".into(),
+        ));
+    }
+    Ok(paths)
+}
+
+/// The auto-update settings when it is on: flags, then `[host]`, then `[auto_update]`.
+fn auto_update(
+    args: &mut HostArgs,
+    host: &mut HostSection,
+    section: AutoUpdateSection,
+) -> Option<crate::update::UpdateSettings> {
+    let on = args.auto_update_from_git || host.auto_update_from_git == Some(true);
+    on.then(|| crate::update::UpdateSettings {
+        build_command: args
+            .build_command
+            .take()
+            .or(host.build_command.take())
+            .or(section.build_command)
+            .unwrap_or_else(|| "cargo build --release --locked".into()),
+        build_timeout: Duration::from_secs(
+            args.build_timeout
+                .or(host.build_timeout)
+                .or(section.build_timeout)
+                .unwrap_or(900),
+        ),
+        lock_timeout: Duration::from_secs(
+            args.update_lock_timeout
+                .or(host.update_lock_timeout)
+                .or(section.update_lock_timeout)
+                .unwrap_or(300),
+        ),
+    })
+}
+
+/// Who may reach the host: the bind address, the API key and the public URL, with the
+/// combinations the contract rejects.
+struct Access {
+    bind: String,
+    api_key: Option<String>,
+    public_url: Option<String>,
+}
+
+fn access(args: &mut HostArgs, host: &mut HostSection) -> Result<Access, UsageError> {
+    let api_key_env = args.api_key_env.take().or(host.api_key_env.take());
+    let api_key = api_key(api_key_env.as_deref())?;
+    let bind = args
+        .host
+        .take()
+        .or(host.host.take())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let allow_unauthenticated =
+        args.allow_unauthenticated || host.allow_unauthenticated.unwrap_or(false);
+    if api_key.is_none() && !is_loopback(&bind) && !allow_unauthenticated {
+        return Err(UsageError(format!(
+            "--host {bind} is not a loopback address and no API key is set; set PAGLETS_API_KEY or pass --allow-unauthenticated"
+        )));
+    }
+    let public_url = args.public_url.take().or(host.public_url.take());
+    if let Some(url) = &public_url {
+        check_public_url(url, api_key.is_some())?;
+    }
+    Ok(Access {
+        bind,
+        api_key,
+        public_url,
+    })
+}
+
+/// The mesh settings: seeds from `--peer`, else `[mesh] peers`, else `[host] peer`.
+fn mesh_settings(
+    args: &mut HostArgs,
+    host: &mut HostSection,
+    section: MeshSection,
+) -> Result<crate::mesh::MeshSettings, UsageError> {
+    let seeds = if !args.peer.is_empty() {
+        std::mem::take(&mut args.peer)
+    } else if !section.peers.is_empty() {
+        section.peers
+    } else {
+        std::mem::take(&mut host.peer)
+    };
+    let probe_ms = args
+        .mesh_probe_ms
+        .or(host.mesh_probe_ms)
+        .or(section.probe_ms)
+        .unwrap_or(1000);
+    if probe_ms < 10 {
+        return Err(UsageError(format!(
+            "--mesh-probe-ms {probe_ms}: use at least 10"
+        )));
+    }
+    Ok(crate::mesh::MeshSettings {
+        enabled: !(args.no_mesh || host.no_mesh == Some(true)),
+        seeds,
+        probe_period: Duration::from_millis(probe_ms),
+        forget_after: Duration::from_secs(
+            args.mesh_forget_after
+                .or(host.mesh_forget_after)
+                .or(section.forget_after)
+                .unwrap_or(3600),
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn host_names_follow_the_id_rule() {
+        for good in ["alpha", "a.b-c_d", &"n".repeat(128)] {
+            assert_eq!(
+                super::host_name(Some(good.into())).ok().as_deref(),
+                Some(good)
+            );
+        }
+        for bad in [".", "..", "", "a/b", "white space", &"n".repeat(129)] {
+            let err = super::host_name(Some(bad.into())).expect_err(bad);
+            assert!(err.to_string().contains("--name"), "{err}");
+        }
+        assert!(super::host_name(None).is_err());
+    }
+
+    #[test]
+    fn flag_paths_win_and_are_made_absolute() {
+        let etc = vec![std::path::PathBuf::from("/etc/plugins")];
+        let paths = super::scan_paths(vec!["plugins".into()], Some(etc.clone())).expect("ok");
+        assert!(
+            paths[0].is_absolute() && paths[0].ends_with("plugins"),
+            "{paths:?}"
+        );
+        assert_eq!(
+            super::scan_paths(Vec::new(), Some(etc.clone())).expect("ok"),
+            etc
+        );
+        assert!(super::scan_paths(Vec::new(), None).is_err());
+    }
+
     #[test]
     fn sizes_are_bytes_or_binary_units() {
         assert_eq!(super::parse_size("4096"), Ok(4096));

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
@@ -23,54 +23,84 @@ const RETRY: Duration = Duration::from_millis(500);
 /// Starts the watcher thread.
 pub fn spawn(runtime: Arc<Runtime>, paths: Vec<PathBuf>) -> notify::Result<()> {
     let (tx, rx) = channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok() {
             let _ = tx.send(());
         }
     })?;
+    let mut folders = Folders {
+        watcher,
+        paths,
+        armed: HashMap::new(),
+    };
     let spawned = std::thread::Builder::new()
         .name("paglets-watch".into())
         .spawn(move || {
-            // The inode each folder was watched under: a folder removed and re-created gets a
-            // new watch.
-            let mut armed: HashMap<PathBuf, Option<u64>> = HashMap::new();
             loop {
-                for path in &paths {
-                    let inode = std::fs::metadata(path).ok().map(|m| m.ino());
-                    if armed.get(path) != Some(&inode) {
-                        let _ = watcher.unwatch(path);
-                        if inode.is_some()
-                            && let Err(e) = watcher.watch(path, RecursiveMode::NonRecursive)
-                        {
-                            tracing::warn!(folder = %path.display(), "cannot watch: {e}");
-                        }
-                        armed.insert(path.clone(), inode);
-                    }
-                }
-                let wait = if runtime.registry().retrying() {
-                    RETRY
-                } else {
-                    SAFETY_NET
-                };
-                match rx.recv_timeout(wait) {
-                    Ok(()) => while rx.recv_timeout(DEBOUNCE).is_ok() {},
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => return,
-                }
-                if runtime.is_shutting_down() {
+                folders.arm();
+                if !wait_for_change(&runtime, &rx) || runtime.is_shutting_down() {
                     return;
                 }
-                // Paused: an update is building; it rescans itself when done.
-                let Some(reply) = runtime.rescan_unless_paused() else {
-                    continue;
-                };
-                if reply.changed() {
-                    let text = serde_json::to_string(&reply).unwrap_or_default();
-                    tracing::info!("rescan: {text}");
-                }
+                rescan(&runtime);
             }
         });
     spawned
         .map(drop)
         .map_err(|e| notify::Error::generic(&e.to_string()))
+}
+
+/// The watched folders, and the inode each was watched under: a folder removed and
+/// re-created gets a new watch.
+struct Folders<W: Watcher> {
+    watcher: W,
+    paths: Vec<PathBuf>,
+    armed: HashMap<PathBuf, Option<u64>>,
+}
+
+impl<W: Watcher> Folders<W> {
+    /// Watches each folder that appeared or was re-created since the last call.
+    fn arm(&mut self) {
+        for path in &self.paths {
+            let inode = std::fs::metadata(path).ok().map(|m| m.ino());
+            if self.armed.get(path) == Some(&inode) {
+                continue;
+            }
+            let _ = self.watcher.unwatch(path);
+            if inode.is_some()
+                && let Err(e) = self.watcher.watch(path, RecursiveMode::NonRecursive)
+            {
+                tracing::warn!(folder = %path.display(), "cannot watch: {e}");
+            }
+            self.armed.insert(path.clone(), inode);
+        }
+    }
+}
+
+/// Waits for events and then for the debounce's quiet time, or for the safety net's period.
+/// False when the event source is gone.
+fn wait_for_change(runtime: &Runtime, events: &Receiver<()>) -> bool {
+    let wait = if runtime.registry().retrying() {
+        RETRY
+    } else {
+        SAFETY_NET
+    };
+    match events.recv_timeout(wait) {
+        Ok(()) => {
+            while events.recv_timeout(DEBOUNCE).is_ok() {}
+            true
+        }
+        Err(RecvTimeoutError::Timeout) => true,
+        Err(RecvTimeoutError::Disconnected) => false,
+    }
+}
+
+/// Rescans unless an update paused the watcher (it rescans itself when its build is done),
+/// and logs what changed.
+fn rescan(runtime: &Runtime) {
+    if let Some(reply) = runtime.rescan_unless_paused()
+        && reply.changed()
+    {
+        let text = serde_json::to_string(&reply).unwrap_or_default();
+        tracing::info!("rescan: {text}");
+    }
 }
