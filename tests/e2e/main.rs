@@ -11,5 +11,6 @@ mod http_api;
 mod http_edges;
 mod lifecycle;
 mod mesh;
+mod messaging;
 mod reload;
 mod state_evolution;

@@ -166,9 +166,14 @@ fn a_busy_instance_answers_at_once_and_migrates_when_idle() {
     let file = plugins.add(&example("pi"));
     let host = Arc::new(TestHost::start(&[plugins.path()], &[]));
     let id = host.create("pi::Pi", json!({}));
-    let busy = paglets_e2e::keep_busy(&host, &id);
-    let detail = host.get(&format!("/paglets/{id}")).json;
-    assert!(detail.get("state").is_none(), "{detail:?}");
+    // Long enough to outlast the rescan's wait for migrations (2 s).
+    let busy = {
+        let (host, id) = (host.clone(), id.clone());
+        std::thread::spawn(move || host.send(&id, "digits", json!({"n": 30000})))
+    };
+    wait_for("the paglet to be busy", || {
+        (host.get(&format!("/paglets/{id}")).json["busy"] == true).then_some(())
+    });
     // The API stays responsive while the handler runs.
     assert_eq!(host.get("/health").status, 200);
     let other = host.create("pi::Pi", json!({}));
@@ -181,17 +186,93 @@ fn a_busy_instance_answers_at_once_and_migrates_when_idle() {
     bytes.extend_from_slice(b"\0paglets-e2e");
     std::fs::write(&file, &bytes).expect("write");
     let rescan = host.post("/admin/rescan", &json!({}));
-    let pending = rescan.json["pending"].clone();
+    assert!(
+        !busy.is_finished(),
+        "the handler must outlast the rescan for this test to mean anything"
+    );
+    // Still inside its handler: it cannot have moved yet, so it is listed as pending.
+    assert_eq!(rescan.json["pending"], json!([id]), "{:?}", rescan.json);
+    assert_eq!(rescan.json["migrated"], json!([other]), "{:?}", rescan.json);
     let answer = busy.join().expect("busy sender");
     assert_eq!(answer.status, 200);
-    assert!(
-        pending.as_array().is_some_and(|p| p.contains(&json!(id)))
-            || rescan.json["migrated"]
-                .as_array()
-                .is_some_and(|m| m.contains(&json!(id)))
-    );
     wait_for("the busy one to migrate", || {
         (host.get(&format!("/paglets/{id}")).json["generation"] == 1).then_some(())
+    });
+}
+
+#[test]
+fn the_detail_of_a_busy_paglet_answers_while_its_handler_runs() {
+    let plugins = PluginDir::new();
+    plugins.add(&example("pi"));
+    let host = Arc::new(TestHost::start(&[plugins.path()], &[]));
+    let id = host.create("pi::Pi", json!({}));
+    let busy = paglets_e2e::keep_busy(&host, &id);
+    let detail = host.get(&format!("/paglets/{id}"));
+    assert!(
+        !busy.is_finished(),
+        "the handler must still run for this test to mean anything"
+    );
+    assert_eq!(detail.status, 200);
+    assert_eq!(detail.json["busy"], true, "{:?}", detail.json);
+    assert!(detail.json.get("state").is_none(), "{:?}", detail.json);
+    assert_eq!(busy.join().expect("busy sender").status, 200);
+    assert_eq!(host.get(&format!("/paglets/{id}")).json["busy"], false);
+}
+
+#[test]
+fn a_message_to_a_paglet_whose_migration_is_pending_does_not_wait_for_the_whole_reload() {
+    let plugins = PluginDir::new();
+    let file = plugins.add(&fixture("hooks"));
+    // Two workers, 200 paglets whose arrival takes 50 ms: the reload keeps the pool busy for
+    // about 5 s.
+    let host = Arc::new(TestHost::start(&[plugins.path()], &["--workers", "2"]));
+    let total = 200;
+    let ids: Vec<String> = (0..total)
+        .map(|n| {
+            let id = format!("s{n}");
+            let answer = host.post(
+                "/paglets",
+                &json!({"class": "hooks::Sleepy", "id": id, "state": {"arrive_ms": 50}}),
+            );
+            assert_eq!(answer.status, 201, "{:?}", answer.json);
+            id
+        })
+        .collect();
+    let mut bytes = std::fs::read(fixture("hooks")).expect("read");
+    bytes.extend_from_slice(b"\0reload");
+    std::fs::write(&file, &bytes).expect("write");
+    let rescan = {
+        let host = host.clone();
+        std::thread::spawn(move || host.post("/admin/rescan", &json!({})))
+    };
+    wait_for("the new code to load", || {
+        (host.get("/libraries").json[0]["generation"] == 1).then_some(())
+    });
+    // Messages to paglets spread over the migration queue. In arrival order, the last of
+    // them would wait for most of the reload; each is answered after its own migration, with
+    // most of the others still pending.
+    let senders: Vec<_> = ids
+        .iter()
+        .step_by(20)
+        .map(|id| {
+            let (host, id) = (host.clone(), id.clone());
+            std::thread::spawn(move || host.send(&id, "arrivals", Value::Null))
+        })
+        .collect();
+    for sender in senders {
+        let answer = sender.join().expect("sender");
+        assert_eq!(answer.status, 200, "{:?}", answer.json);
+        let arrivals = answer.json["reply"]["arrivals"].as_u64().expect("arrivals");
+        assert!(
+            arrivals < total / 2,
+            "answered only after {arrivals} of {total} migrations"
+        );
+    }
+    let rescan = rescan.join().expect("rescan");
+    assert_eq!(rescan.status, 200, "{:?}", rescan.json);
+    wait_for("every paglet to migrate", || {
+        let answer = host.send("s0", "arrivals", Value::Null);
+        (answer.json["reply"]["arrivals"] == total).then_some(())
     });
 }
 

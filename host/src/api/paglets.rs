@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::{ApiError, AppState, JsonBody, PagletId, blocking};
-use crate::runtime::Origin;
+use crate::runtime::{Origin, Replier};
 
 /// `POST /paglets` body.
 #[derive(Deserialize)]
@@ -75,8 +75,12 @@ pub async fn send(
 ) -> Result<Response, ApiError> {
     let (tx, rx) = oneshot::channel();
     let args = body.args.map(|a| a.to_string()).unwrap_or_default();
-    app.runtime
-        .send(&id, &body.kind, args, Box::new(move |r| drop(tx.send(r))))?;
+    app.runtime.send(
+        &id,
+        &body.kind,
+        args,
+        Replier::new(move |r| drop(tx.send(r))),
+    )?;
     let reply = rx
         .await
         .unwrap_or_else(|_| Err(PagletError::failed("the reply was dropped").into()))?;
@@ -92,7 +96,10 @@ pub async fn dispose(
 ) -> Result<StatusCode, ApiError> {
     let (tx, rx) = oneshot::channel();
     app.runtime
-        .dispose(&id, Box::new(move |r| drop(tx.send(r))))?;
-    rx.await.unwrap_or(Ok(()))?;
+        .dispose(&id, Replier::new(move |r| drop(tx.send(r))))?;
+    // No answer means the disposing hook's outcome is unknown: never a 204 then.
+    rx.await.unwrap_or_else(|_| {
+        Err(PagletError::failed("the disposal was lost before it answered").into())
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,5 +1,5 @@
 //! What a paglet may ask of its host, host side: [`HostContext`] (one per paglet) and the
-//! paglet-to-paglet send with its call chain.
+//! paglet-to-paglet send, checked against the wait-for graph and the in-flight budget.
 
 use std::sync::{Arc, Weak};
 
@@ -7,12 +7,15 @@ use plugin_api::PagletError;
 use plugin_api::loader;
 use serde_json::Value;
 
-use super::paglet::{Job, QueueAt};
-use super::{Origin, Runtime, RuntimeError, SEND_TIMEOUT};
+use super::paglet::{Job, QueueAt, Replier};
+use super::{Origin, Runtime, RuntimeError, SEND_TIMEOUT, deadlock};
 
 impl Runtime {
     /// A message from paglet `from` (inside its handler) to `to`: runs inline when `to` is
-    /// idle, otherwise waits for it (bounded). Cycles are refused.
+    /// idle, otherwise waits for it (bounded). A send that would wait on itself (through any
+    /// chain of sends in flight, whichever call started them) fails at once with
+    /// [`PagletError::Deadlock`]; one whose arguments do not fit the in-flight budget fails
+    /// too.
     fn send_from(
         &self,
         from: &str,
@@ -20,25 +23,26 @@ impl Runtime {
         kind: &str,
         args: &str,
     ) -> Result<String, PagletError> {
-        let mut chain = self.paglet(from).map(|p| p.chain()).unwrap_or_default();
-        chain.push(from.to_string());
-        if chain.iter().any(|id| id == to) {
-            return Err(PagletError::Failed(format!(
-                "cycle: {to} is already handling a message in this call chain ({})",
-                chain.join(" -> ")
-            )));
-        }
+        let _waiting = self
+            .waits
+            .wait(from, to)
+            .map_err(|cycle| deadlock(&cycle))?;
+        let _held = self.in_flight.hold(args.len()).map_err(|held| {
+            PagletError::Failed(format!(
+                "cannot send {kind} to {to}: its {} bytes of arguments would take the bytes \
+                 held by sends between paglets in flight ({held}) past the budget of {}",
+                args.len(),
+                self.in_flight.budget()
+            ))
+        })?;
         let target = self
             .paglet(to)
-            .map_err(|e| PagletError::Failed(e.to_string()))?;
+            .map_err(|e| PagletError::NotFound(e.to_string()))?;
         let (tx, rx) = std::sync::mpsc::channel();
         let job = Job::Message {
             kind: kind.into(),
             args: args.into(),
-            chain,
-            reply: Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
+            reply: Replier::new(move |r| drop(tx.send(r))),
         };
         if target.try_claim() {
             target.run(job);
@@ -104,7 +108,7 @@ impl loader::HostContext for HostContext {
         let state: Value = serde_json::from_str(state)
             .map_err(|e| PagletError::InvalidArgs(format!("state is not JSON: {e}")))?;
         self.runtime()?
-            .create(class, Some(&state), id, Origin::New)
+            .create_for(Some(&self.id), class, Some(&state), id, Origin::New)
             .map_err(|e| match e {
                 RuntimeError::Paglet(e) => e,
                 other => PagletError::Failed(other.to_string()),

@@ -48,14 +48,14 @@ impl Saver {
         match self.durability {
             Durability::Sync => match paglet.record(instance) {
                 // Unchanged since it was last handed to the store (a read): nothing to wait for.
-                Ok(record) if !paglet.note_saved(&record.state) => reply(result),
+                Ok(record) if !paglet.note_saved(&record.state) => reply.send(result),
                 Ok(record) => self.store.put(
                     record,
                     Some(Box::new(move |written| {
-                        reply(written.map_err(not_persisted).and(result))
+                        reply.send(written.map_err(not_persisted).and(result))
                     })),
                 ),
-                Err(e) => reply(Err(not_persisted(StoreError::Write(format!(
+                Err(e) => reply.send(Err(not_persisted(StoreError::Write(format!(
                     "the state of {} cannot be read: {e}",
                     paglet.id
                 ))))),
@@ -65,9 +65,9 @@ impl Saver {
                     lock(&self.dirty).push(paglet.id.clone());
                     self.wake.notify_one();
                 }
-                reply(result);
+                reply.send(result);
             }
-            Durability::Shutdown => reply(result),
+            Durability::Shutdown => reply.send(result),
         }
     }
 
@@ -75,12 +75,12 @@ impl Saver {
     /// `reply` is answered once that committed (at once in `shutdown` mode).
     pub fn after_dispose(&self, id: &str, result: Result<(), RuntimeError>, reply: Replier<()>) {
         if self.durability == Durability::Shutdown {
-            return reply(result);
+            return reply.send(result);
         }
         self.store.remove(
             id,
             Some(Box::new(move |written| {
-                reply(written.map_err(not_persisted).and(result))
+                reply.send(written.map_err(not_persisted).and(result))
             })),
         );
     }
@@ -291,7 +291,7 @@ impl Runtime {
         }
         match self.saver() {
             Some(saver) => saver.after_dispose(id, Ok(()), reply),
-            None => reply(Ok(())),
+            None => reply.send(Ok(())),
         }
         true
     }

@@ -7,6 +7,7 @@ mod inline;
 mod paglet;
 mod pool;
 mod reload;
+mod waits;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,15 +23,19 @@ use crate::registry::{ClassError, LoadedLib, Registry, unix_seconds};
 use crate::store::Record;
 pub use context::HostContext;
 pub use paglet::Paglet;
-use paglet::{Job, QueueAt, Replier};
+pub use paglet::Replier;
+use paglet::{Job, QueueAt};
 use pool::Pool;
 pub use reload::RescanReply;
+use waits::{InFlight, WaitGraph};
 
 /// Jobs an HTTP worker runs for a paglet it ran a message for inline, before handing the
 /// rest of its queue to the pool.
 const INLINE_BUDGET: usize = 16;
 /// How long a paglet-to-paglet send waits for its reply.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many bytes of arguments the paglet-to-paglet sends in flight may hold together.
+const IN_FLIGHT_BUDGET: usize = 64 << 20;
 
 /// Why a runtime call failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +70,10 @@ pub struct Runtime {
     registry: Registry,
     paglets: RwLock<HashMap<String, Arc<Paglet>>>,
     pool: Pool,
+    /// Who waits for whom among paglet-to-paglet sends (and creates) in flight.
+    waits: WaitGraph,
+    /// The argument bytes those sends hold.
+    in_flight: InFlight,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
     /// Stored paglets waiting for their class; their ids are taken.
@@ -94,6 +103,14 @@ pub fn valid_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The error for a send (or create) that would wait on itself along `cycle`.
+fn deadlock(cycle: &[String]) -> PagletError {
+    PagletError::Deadlock(format!(
+        "{}: each waits for the next to answer",
+        cycle.join(" -> ")
+    ))
 }
 
 /// How a paglet comes into being: which hook runs once it is there.
@@ -136,6 +153,7 @@ impl Runtime {
         registry: Registry,
         workers: usize,
     ) -> std::io::Result<Arc<Runtime>> {
+        waits::map_large_blocks();
         let pool = Pool::new(workers)?;
         Ok(Arc::new_cyclic(|me| Runtime {
             host_name,
@@ -143,6 +161,8 @@ impl Runtime {
             registry,
             paglets: RwLock::default(),
             pool,
+            waits: WaitGraph::default(),
+            in_flight: InFlight::new(IN_FLIGHT_BUDGET),
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             waiting: Mutex::default(),
@@ -195,6 +215,20 @@ impl Runtime {
         id: Option<&str>,
         origin: Origin,
     ) -> Result<String, RuntimeError> {
+        self.create_for(None, class, state, id, origin)
+    }
+
+    /// [`create`](Runtime::create), by paglet `creator` (inside its handler) when given: the
+    /// creator waits for the new paglet's hooks, so a hook that sends to the creator is a
+    /// deadlock, refused at once.
+    fn create_for(
+        &self,
+        creator: Option<&str>,
+        class: &str,
+        state: Option<&Value>,
+        id: Option<&str>,
+        origin: Origin,
+    ) -> Result<String, RuntimeError> {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(RuntimeError::ShuttingDown);
         }
@@ -203,6 +237,14 @@ impl Runtime {
             Some(id) if !valid_id(id) => return Err(RuntimeError::BadId(id.into())),
             Some(id) => id.to_string(),
             None => self.fresh_id(class),
+        };
+        let _waiting = match creator {
+            Some(creator) => Some(
+                self.waits
+                    .wait(creator, &id)
+                    .map_err(|cycle| RuntimeError::Paglet(deadlock(&cycle)))?,
+            ),
+            None => None,
         };
         self.start(lib, class, state, id, origin, None)
     }
@@ -275,7 +317,8 @@ impl Runtime {
         }
     }
 
-    /// Queues a message; the reply arrives through `reply`.
+    /// Queues a message; the reply arrives through `reply`. A proven-fast handler on an idle
+    /// paglet runs here, on the caller's thread.
     pub fn send(
         &self,
         id: &str,
@@ -287,7 +330,6 @@ impl Runtime {
         let job = Job::Message {
             kind: kind.into(),
             args,
-            chain: Vec::new(),
             reply,
         };
         if paglet.runs_inline() && paglet.try_claim() {
@@ -391,5 +433,63 @@ mod tests {
             assert!(!valid_id(id), "{id}");
         }
         assert!(valid_id(&"x".repeat(128)));
+    }
+}
+
+/// Tests on a runtime with a real library loaded.
+#[cfg(test)]
+mod with_counter {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// A runtime with the example `counter` loaded (built by `cargo build --workspace`).
+    fn runtime_with_counter() -> (Arc<Runtime>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::copy(
+            paglets_e2e::example("counter"),
+            dir.path().join("libcounter.so"),
+        )
+        .expect("copy counter");
+        let registry = Registry::new(None, false).expect("registry");
+        let runtime =
+            Runtime::new("test".into(), vec![dir.path().into()], registry, 2).expect("runtime");
+        let scan = runtime.rescan();
+        assert!(scan.errors.is_empty(), "{:?}", scan.errors);
+        (runtime, dir)
+    }
+
+    fn answer<T: Send + 'static>() -> (Replier<T>, mpsc::Receiver<Result<T, RuntimeError>>) {
+        let (tx, rx) = mpsc::channel();
+        (Replier::new(move |r| drop(tx.send(r))), rx)
+    }
+
+    #[test]
+    fn a_message_that_reaches_a_disposed_paglet_is_not_found() {
+        let (runtime, _dir) = runtime_with_counter();
+        let id = runtime
+            .create("counter::Counter", None, Some("c"), Origin::New)
+            .expect("create");
+        // A sender that looked the paglet up just before the disposal removed it.
+        let paglet = runtime.paglet(&id).expect("live");
+        let (disposed, disposal) = answer();
+        runtime.dispose(&id, disposed).expect("dispose");
+        let wait = Duration::from_secs(30);
+        disposal
+            .recv_timeout(wait)
+            .expect("disposed")
+            .expect("hook ran");
+        let (reply, answered) = answer();
+        let job = Job::Message {
+            kind: "increment".into(),
+            args: String::new(),
+            reply,
+        };
+        paglet.push(job, QueueAt::Back, &runtime.pool);
+        let result = answered.recv_timeout(wait).expect("an answer");
+        assert!(
+            matches!(result, Err(RuntimeError::Paglet(PagletError::NotFound(_)))),
+            "{result:?}"
+        );
     }
 }

@@ -14,20 +14,52 @@ use serde_json::Value;
 use super::context::HostContext;
 use super::durable::{Checkpoint, Saver};
 use super::inline::InlineGate;
-use super::pool::Pool;
+use super::pool::{Lane, Pool};
 use super::{RuntimeError, lock};
 use crate::registry::LoadedLib;
 
-/// Where a job's result goes.
-pub type Replier<T> = Box<dyn FnOnce(Result<T, RuntimeError>) + Send>;
+/// Where a job's result goes. Every job answers exactly once: a job dropped before it ran
+/// (a host fault) answers with an error instead of leaving its caller waiting, or taking the
+/// silence for success.
+pub struct Replier<T> {
+    answer: Option<Answer<T>>,
+}
+
+/// The callback behind a [`Replier`].
+type Answer<T> = Box<dyn FnOnce(Result<T, RuntimeError>) + Send>;
+
+impl<T> Replier<T> {
+    /// A replier calling `answer` with the job's result.
+    pub fn new(answer: impl FnOnce(Result<T, RuntimeError>) + Send + 'static) -> Replier<T> {
+        Replier {
+            answer: Some(Box::new(answer)),
+        }
+    }
+
+    /// Answers with `result`.
+    pub fn send(mut self, result: Result<T, RuntimeError>) {
+        if let Some(answer) = self.answer.take() {
+            answer(result);
+        }
+    }
+}
+
+impl<T> Drop for Replier<T> {
+    fn drop(&mut self) {
+        if let Some(answer) = self.answer.take() {
+            answer(Err(RuntimeError::Paglet(PagletError::Failed(
+                "the job was dropped before it ran".into(),
+            ))));
+        }
+    }
+}
 
 /// Work for a paglet, run in order.
 pub enum Job {
-    /// A message; `chain` is the ids already handling a message up the call chain.
+    /// A message.
     Message {
         kind: String,
         args: String,
-        chain: Vec<String>,
         reply: Replier<String>,
     },
     /// Move to `lib` with the current state (a reload).
@@ -51,11 +83,44 @@ pub enum QueueAt {
     AfterMigrations,
 }
 
+impl Job {
+    /// The lane a paglet with this job queued waits in.
+    fn lane(&self) -> Lane {
+        match self {
+            Job::Migrate { .. } | Job::Checkpoint(_) => Lane::Background,
+            Job::Message { .. } | Job::Dispose { .. } => Lane::Urgent,
+        }
+    }
+}
+
+/// Who drains a mailbox.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Drainer {
+    /// Nobody: the queue is empty.
+    #[default]
+    Nobody,
+    /// The pool, once a worker takes it from this lane (it may sit in both lanes: the first
+    /// worker to come takes it, the other entry finds nothing to do).
+    Pool(Lane),
+    /// A worker or an inline sender is running its jobs now.
+    Running,
+}
+
 #[derive(Default)]
 struct Mailbox {
     queue: VecDeque<Job>,
-    /// Someone (a pool worker or an inline sender) owns draining this mailbox.
-    scheduled: bool,
+    drainer: Drainer,
+}
+
+impl Mailbox {
+    /// The lane the queued jobs call for.
+    fn lane(&self) -> Lane {
+        if self.queue.iter().any(|job| job.lane() == Lane::Urgent) {
+            Lane::Urgent
+        } else {
+            Lane::Background
+        }
+    }
 }
 
 /// One live paglet.
@@ -75,8 +140,6 @@ pub struct Paglet {
     code: Mutex<Arc<LoadedLib>>,
     instance: Mutex<Instance>,
     mailbox: Mutex<Mailbox>,
-    /// The call chain of the message being handled, for cycle checks.
-    chain: Mutex<Vec<String>>,
     /// Changed since the checkpointer last read its state (interval mode).
     pub(super) dirty: AtomicBool,
     /// A hash of the state last handed to the store (sync mode skips unchanged states).
@@ -105,7 +168,6 @@ impl Paglet {
             code: Mutex::new(lib),
             instance: Mutex::new(instance),
             mailbox: Mutex::default(),
-            chain: Mutex::default(),
             dirty: AtomicBool::new(false),
             saved_state: AtomicU64::new(0),
             saver,
@@ -131,11 +193,6 @@ impl Paglet {
     /// True when no job runs and none is queued.
     pub fn is_idle(&self) -> bool {
         !self.is_busy() && lock(&self.mailbox).queue.is_empty()
-    }
-
-    /// The call chain of the message being handled.
-    pub fn chain(&self) -> Vec<String> {
-        lock(&self.chain).clone()
     }
 
     /// The state, unless a job is running (then `None` at once, never waiting).
@@ -168,9 +225,11 @@ impl Paglet {
         self.disposed.load(Ordering::Acquire)
     }
 
-    /// Queues a job and makes sure a worker drains the mailbox.
+    /// Queues a job and makes sure a worker drains the mailbox: a message for a paglet that
+    /// waits in the background lane (migrations only) moves it to the urgent lane.
     pub fn push(self: &Arc<Self>, job: Job, at: QueueAt, pool: &Pool) {
         let mut mailbox = lock(&self.mailbox);
+        let lane = job.lane();
         match at {
             QueueAt::Back => mailbox.queue.push_back(job),
             QueueAt::AfterMigrations => {
@@ -184,49 +243,73 @@ impl Paglet {
                 mailbox.queue.insert(index, job);
             }
         }
-        if !mailbox.scheduled {
-            mailbox.scheduled = true;
-            pool.submit(self.clone());
+        match mailbox.drainer {
+            Drainer::Nobody => {
+                mailbox.drainer = Drainer::Pool(lane);
+                pool.submit(self.clone(), lane);
+            }
+            Drainer::Pool(Lane::Background) if lane == Lane::Urgent => {
+                mailbox.drainer = Drainer::Pool(Lane::Urgent);
+                pool.submit(self.clone(), Lane::Urgent);
+            }
+            Drainer::Pool(_) | Drainer::Running => {}
         }
     }
 
     /// Takes over draining if the mailbox is idle and empty, so a sender can run a job
-    /// inline on its own thread. Pair with [`release`](Paglet::release).
+    /// inline on its own thread. Pair with [`drain`](Paglet::drain) or
+    /// [`release`](Paglet::release).
     pub fn try_claim(&self) -> bool {
         let mut mailbox = lock(&self.mailbox);
-        if mailbox.scheduled || !mailbox.queue.is_empty() {
+        if mailbox.drainer != Drainer::Nobody || !mailbox.queue.is_empty() {
             return false;
         }
-        mailbox.scheduled = true;
+        mailbox.drainer = Drainer::Running;
         true
     }
 
     /// Gives up draining; hands queued jobs to the pool.
     pub fn release(self: &Arc<Self>, pool: &Pool) {
-        let mut mailbox = lock(&self.mailbox);
-        if mailbox.queue.is_empty() {
-            mailbox.scheduled = false;
-        } else {
-            pool.submit(self.clone());
-        }
+        self.drain(pool, 0);
     }
 
-    /// Runs queued jobs; after `budget` of them, yields the worker to other paglets.
+    /// A pool worker's turn: drains the mailbox unless someone else is already at it (this
+    /// paglet was in both lanes) or it is empty.
+    pub fn turn(self: &Arc<Self>, pool: &Pool, budget: usize) {
+        {
+            let mut mailbox = lock(&self.mailbox);
+            if mailbox.drainer == Drainer::Running || mailbox.queue.is_empty() {
+                return;
+            }
+            mailbox.drainer = Drainer::Running;
+        }
+        self.drain(pool, budget);
+    }
+
+    /// Runs up to `budget` queued jobs (the caller drains: after [`try_claim`] or in a
+    /// [`turn`]), then gives up draining, handing what is left to the pool.
+    ///
+    /// [`try_claim`]: Paglet::try_claim
+    /// [`turn`]: Paglet::turn
     pub fn drain(self: &Arc<Self>, pool: &Pool, budget: usize) {
         for _ in 0..budget {
             let job = {
                 let mut mailbox = lock(&self.mailbox);
                 match mailbox.queue.pop_front() {
                     Some(job) => job,
-                    None => {
-                        mailbox.scheduled = false;
-                        return;
-                    }
+                    None => break,
                 }
             };
             self.run(job);
         }
-        pool.submit(self.clone());
+        let mut mailbox = lock(&self.mailbox);
+        if mailbox.queue.is_empty() {
+            mailbox.drainer = Drainer::Nobody;
+        } else {
+            let lane = mailbox.lane();
+            mailbox.drainer = Drainer::Pool(lane);
+            pool.submit(self.clone(), lane);
+        }
     }
 
     /// Runs one job now, on this thread.
@@ -234,29 +317,24 @@ impl Paglet {
         self.busy.store(true, Ordering::Release);
         let mut instance = lock(&self.instance);
         match job {
+            // A sender that found the paglet just before its disposal: as if it had come
+            // just after.
             Job::Message { reply, .. } if self.disposed.load(Ordering::Acquire) => {
-                reply(Err(PagletError::Failed(format!(
-                    "paglet {} was disposed",
+                reply.send(Err(PagletError::NotFound(format!(
+                    "no paglet with id '{}' (it was disposed)",
                     self.id
                 ))
                 .into()));
             }
-            Job::Message {
-                kind,
-                args,
-                chain,
-                reply,
-            } => {
-                *lock(&self.chain) = chain;
+            Job::Message { kind, args, reply } => {
                 let started = Instant::now();
                 let result = instance.handle(&kind, &args);
                 self.inline.note(started.elapsed());
-                lock(&self.chain).clear();
                 self.handled.fetch_add(1, Ordering::Relaxed);
                 let result = result.map_err(RuntimeError::from);
                 match &self.saver {
                     Some(saver) => saver.after_change(self, &instance, result, reply),
-                    None => reply(result),
+                    None => reply.send(result),
                 }
             }
             Job::Migrate { lib, context, done } => {
@@ -268,10 +346,10 @@ impl Paglet {
                         *lock(&self.code) = lib;
                         match &self.saver {
                             Some(saver) => saver.after_change(self, &instance, Ok(()), done),
-                            None => done(Ok(())),
+                            None => done.send(Ok(())),
                         }
                     }
-                    Err(e) => done(Err(e.into())),
+                    Err(e) => done.send(Err(e.into())),
                 }
             }
             Job::Dispose { reply } => {
@@ -279,7 +357,7 @@ impl Paglet {
                 let result = instance.hook(Hook::Disposing).map_err(RuntimeError::from);
                 match &self.saver {
                     Some(saver) => saver.after_dispose(&self.id, result, reply),
-                    None => reply(result),
+                    None => reply.send(result),
                 }
             }
             Job::Checkpoint(save) => {
@@ -290,5 +368,30 @@ impl Paglet {
         }
         drop(instance);
         self.busy.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    #[test]
+    fn a_replier_dropped_unanswered_answers_with_an_error() {
+        let (tx, rx) = mpsc::channel();
+        drop(Replier::<()>::new(move |r| drop(tx.send(r))));
+        let answer = rx.try_recv().expect("an answer");
+        assert!(
+            matches!(answer, Err(RuntimeError::Paglet(PagletError::Failed(m))) if m.contains("dropped"))
+        );
+    }
+
+    #[test]
+    fn a_replier_answers_once() {
+        let (tx, rx) = mpsc::channel();
+        Replier::new(move |r| drop(tx.send(r))).send(Ok(7));
+        let answers: Vec<_> = rx.try_iter().collect();
+        assert!(matches!(answers[..], [Ok(7)]), "{answers:?}");
     }
 }

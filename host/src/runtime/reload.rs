@@ -135,7 +135,7 @@ impl Runtime {
     /// What a migration job calls when it ends: a failure is logged and noted on the library.
     fn migration_done(&self, id: &str, lib: &LoadedLib, outcomes: Sender<Outcome>) -> Replier<()> {
         let (id, source, runtime) = (id.to_string(), lib.source.clone(), self.me.clone());
-        Box::new(move |result| {
+        Replier::new(move |result| {
             if let Err(e) = &result {
                 tracing::warn!(paglet = %id, library = %source.display(), "stays on its old code: {e}");
                 if let Some(runtime) = runtime.upgrade() {
