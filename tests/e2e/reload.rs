@@ -167,13 +167,7 @@ fn a_busy_instance_answers_at_once_and_migrates_when_idle() {
     let host = Arc::new(TestHost::start(&[plugins.path()], &[]));
     let id = host.create("pi::Pi", json!({}));
     // Long enough to outlast the rescan's wait for migrations (2 s).
-    let busy = {
-        let (host, id) = (host.clone(), id.clone());
-        std::thread::spawn(move || host.send(&id, "digits", json!({"n": 30000})))
-    };
-    wait_for("the paglet to be busy", || {
-        (host.get(&format!("/paglets/{id}")).json["busy"] == true).then_some(())
-    });
+    let busy = busy_for_seconds(&host, &id);
     // The API stays responsive while the handler runs.
     assert_eq!(host.get("/health").status, 200);
     let other = host.create("pi::Pi", json!({}));
@@ -200,13 +194,28 @@ fn a_busy_instance_answers_at_once_and_migrates_when_idle() {
     });
 }
 
+/// Sends `pi` a message that keeps it busy for several seconds (`keep_busy`'s is shorter).
+fn busy_for_seconds(
+    host: &Arc<TestHost>,
+    id: &str,
+) -> std::thread::JoinHandle<paglets_e2e::Answer> {
+    let running = {
+        let (host, id) = (host.clone(), id.to_string());
+        std::thread::spawn(move || host.send(&id, "digits", json!({"n": 30000})))
+    };
+    wait_for("the paglet to be busy", || {
+        (host.get(&format!("/paglets/{id}")).json["busy"] == true).then_some(())
+    });
+    running
+}
+
 #[test]
 fn the_detail_of_a_busy_paglet_answers_while_its_handler_runs() {
     let plugins = PluginDir::new();
     plugins.add(&example("pi"));
     let host = Arc::new(TestHost::start(&[plugins.path()], &[]));
     let id = host.create("pi::Pi", json!({}));
-    let busy = paglets_e2e::keep_busy(&host, &id);
+    let busy = busy_for_seconds(&host, &id);
     let detail = host.get(&format!("/paglets/{id}"));
     assert!(
         !busy.is_finished(),
