@@ -227,11 +227,11 @@ impl Registry {
     fn scan_gated(&self, dirs: &[PathBuf]) -> ScanReport {
         let mut report = ScanReport::default();
         let (seen, held) = self.list(dirs, &mut report);
-        // `stat` before taking the state lock: it is file I/O too.
+        // `stat` before taking the state lock: it is file I/O too. A file gone since the
+        // listing has no key: it is left as it is, and the next scan forgets it.
         let keys: Vec<(PathBuf, StatKey)> = seen
-            .into_iter()
-            .filter_map(|path| Some((stat_key(&path)?, path)))
-            .map(|(key, path)| (path, key))
+            .iter()
+            .filter_map(|path| stat_key(path).map(|key| (path.clone(), key)))
             .collect();
         let todo: Vec<PathBuf> = {
             let mut state = self.state();
@@ -239,8 +239,7 @@ impl Registry {
                 .files
                 .keys()
                 .filter(|p| {
-                    !keys.iter().any(|(seen, _)| seen == *p)
-                        && !held.iter().any(|dir| p.parent() == Some(dir.as_path()))
+                    !seen.contains(p) && !held.iter().any(|dir| p.parent() == Some(dir.as_path()))
                 })
                 .cloned()
                 .collect();
