@@ -180,7 +180,7 @@ pub struct ClientArgs {
 pub struct CreateArgs {
     /// The class, e.g. counter::Counter.
     pub class: String,
-    /// Initial state (JSON), merged over the class's default.
+    /// Initial state (JSON); fields it lacks take the class's defaults.
     #[arg(long)]
     pub state: Option<String>,
     /// The id to give the paglet (the host picks one otherwise).

@@ -77,7 +77,7 @@ pub struct StartupEntry {
     pub class: String,
     /// The id (required: an entry creates its paglet only when no paglet has this id).
     pub id: String,
-    /// Initial state, merged over the class's default.
+    /// Initial state; fields it lacks take the class's defaults.
     pub state: Option<Value>,
 }
 

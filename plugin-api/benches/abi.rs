@@ -16,7 +16,15 @@
 //!   the checks. This is what a reload costs. Libraries are never unloaded, so every iteration
 //!   leaves one more library mapped: the group keeps the run short.
 //!
-//! The `library` and `open` benchmarks need `libcounter.so`. cargo builds it next to this
+//! - `migrate/1000-instances`: [`Instance::migrate_to`] of 1,000 counters of one copy of
+//!   `libcounter.so` to a second copy: what a reload does per library once it is loaded
+//!   (state out, the checked read of `state::read` with its dropped-key check, the arrival
+//!   hook), without the host's job queues.
+//! - `read/plain` and `read/checked`: one counter state read with `serde_json::from_value`
+//!   (the reference) and with `plugin_api::state::read` (the dropped-key check through
+//!   `serde_ignored` and `serde_path_to_error`), in the same run.
+//!
+//! The `library`, `open` and `migrate` benchmarks need `libcounter.so`. cargo builds it next to this
 //! bench because `counter` (a `["cdylib", "rlib"]` crate) is a dev-dependency; when it is
 //! missing they are skipped with a note.
 
@@ -124,5 +132,44 @@ fn open(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, message, open);
+fn migrate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("read");
+    let state = serde_json::json!({"count": 41});
+    group.bench_function("plain", |b| {
+        b.iter(|| {
+            serde_json::from_value::<counter::Counter>(state.clone()).expect("read the state")
+        })
+    });
+    group.bench_function("checked", |b| {
+        b.iter(|| plugin_api::state::read::<counter::Counter>(state.clone()).expect("read"))
+    });
+    group.finish();
+
+    let Some(built) = counter_library() else {
+        return;
+    };
+    let (_old_dir, old_path) = fresh_copy(&built);
+    let (_new_dir, new_path) = fresh_copy(&built);
+    let old = Library::open(&old_path).expect("open libcounter.so");
+    let new = Library::open(&new_path).expect("open the second copy");
+    let state = serde_json::json!({"count": 41});
+    let instances: Vec<_> = (0..1000)
+        .map(|_| {
+            old.create("counter::Counter", Some(&state), NoHost)
+                .expect("create a counter")
+        })
+        .collect();
+    let mut group = c.benchmark_group("migrate");
+    group.sample_size(20);
+    group.bench_function("1000-instances", |b| {
+        b.iter(|| {
+            for instance in &instances {
+                instance.migrate_to(&new, NoHost).expect("migrate");
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, message, open, migrate);
 criterion_main!(benches);

@@ -238,7 +238,8 @@ pub struct RawAnswer {
 }
 
 impl TestHost {
-    /// Starts a host named `name` over `paths` with extra `args`, in a fresh persistence dir.
+    /// Starts a host (named `test` unless `args` has `--name`) over `paths` with extra `args`,
+    /// in a fresh persistence dir.
     pub fn start(paths: &[&Path], args: &[&str]) -> TestHost {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut host = TestHost::spawn(None, paths, args, dir.path(), &[]);
