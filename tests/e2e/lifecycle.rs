@@ -49,25 +49,6 @@ fn rejected_combinations_exit_2_with_a_reason() {
 }
 
 #[test]
-fn a_non_loopback_bind_with_a_key_is_allowed() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let plugins = PluginDir::with_examples();
-    let mut child = host_command(&[plugins.path()], &["--host", "0.0.0.0"], dir.path())
-        .env("PAGLETS_API_KEY", "k")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("piped");
-    let mut line = String::new();
-    let read = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
-    let _ = child.kill();
-    let _ = child.wait();
-    read.expect("read the first line");
-    assert!(line.contains("listening at http://0.0.0.0:"), "{line:?}");
-}
-
-#[test]
 fn the_launch_config_creates_startup_paglets_and_flags_win() {
     let plugins = PluginDir::with_examples();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -196,4 +177,21 @@ fn a_saved_paglet_whose_class_is_missing_stays_on_disk() {
         &json!({"class": "counter::Counter", "id": "lost.one"}),
     );
     assert_eq!(taken.status, 409, "{:?}", taken.json);
+}
+
+#[test]
+fn a_start_prunes_only_the_copies_it_made() {
+    let persistence = tempfile::tempdir().expect("temp dir");
+    let libs = persistence.path().join("libs");
+    std::fs::create_dir_all(&libs).expect("mkdir libs");
+    let stale = libs.join("libcounter-0123456789abcdef.so");
+    std::fs::write(&stale, b"a copy an earlier run left").expect("write");
+    let foreign = libs.join("notes.txt");
+    std::fs::write(&foreign, b"not a copy").expect("write");
+    let plugins = PluginDir::new();
+    plugins.add(&paglets_e2e::example("counter"));
+    let host = TestHost::start_in(&[plugins.path()], &[], persistence.path(), &[]);
+    assert!(!stale.exists(), "the old copy is pruned");
+    assert!(foreign.is_file(), "a file the host did not make stays");
+    assert_eq!(host.stop().code(), Some(0));
 }
