@@ -5,6 +5,7 @@ Usage, from the repository root, after `cargo build --release --workspace`:
 
     python3 host/benches/mesh_figures.py            # needs `wrk` (apt-get install -y wrk)
     python3 host/benches/mesh_figures.py 10         # only the N = 10 figures
+    python3 host/benches/mesh_figures.py throughput # only the throughput rounds
 
 For N = 10 and N = 50 it starts N release hosts on 127.0.0.1 (LAN defaults: 1 s probe
 period), each seeded with one other (host i with host i-1, host 0 with host N-1), and
@@ -159,7 +160,9 @@ def measured_host(plugins, extra):
     conn = http.client.HTTPConnection(host, int(port), timeout=5)
     conn.request("POST", "/paglets", json.dumps({"class": "counter::Counter", "id": "bench"}),
                  {"Content-Type": "application/json"})
-    assert conn.getresponse().status == 201
+    created = conn.getresponse()
+    created.read()
+    assert created.status == 201, created.status
     for _ in range(20):  # warm-up: the paglet becomes eligible to run inline
         conn.request("POST", "/paglets/bench/messages", '{"kind": "increment"}',
                      {"Content-Type": "application/json"})
@@ -168,17 +171,39 @@ def measured_host(plugins, extra):
     return url
 
 
-def throughput(empty, examples, rounds=3):
+def settled_rate(url):
+    """A 2 s warm-up run (discarded), then the measured 5 s."""
+    time.sleep(2)
+    wrk_rate(url, 2)
+    return wrk_rate(url)
+
+
+def alone_rate(examples):
+    url = measured_host(examples, ["--no-mesh"])
+    rate = settled_rate(url)
+    stop_all()
+    return rate
+
+
+def meshed_rate(empty, examples):
+    hosts, _ = mesh_of(9, empty)
+    url = measured_host(examples, ["--peer", hosts[0][1]])
+    wait_until(lambda: sum(1 for s in states(url).values() if s == "alive") == 10)
+    rate = settled_rate(url)
+    stop_all()
+    return rate
+
+
+def throughput(empty, examples, rounds=4):
     ratios = []
     for r in range(rounds):
-        url = measured_host(examples, ["--no-mesh"])
-        alone = wrk_rate(url)
-        stop_all()
-        hosts, _ = mesh_of(9, empty)
-        url = measured_host(examples, ["--peer", hosts[0][1]])
-        wait_until(lambda: sum(1 for s in states(url).values() if s == "alive") == 10)
-        meshed = wrk_rate(url)
-        stop_all()
+        # Alternate which arm goes first, so a drift in the machine's load hits both.
+        if r % 2 == 0:
+            alone = alone_rate(examples)
+            meshed = meshed_rate(empty, examples)
+        else:
+            meshed = meshed_rate(empty, examples)
+            alone = alone_rate(examples)
         ratios.append(meshed / alone)
         print(f"round {r + 1}: alone {alone:.0f}/s, in a 10-host mesh {meshed:.0f}/s, "
               f"ratio {meshed / alone:.3f}", flush=True)
@@ -189,14 +214,16 @@ def throughput(empty, examples, rounds=3):
 def main():
     if not os.path.exists(BIN):
         raise SystemExit(f"{BIN} is missing: run cargo build --release --workspace")
-    sizes = [int(a) for a in sys.argv[1:]] or [10, 50]
+    only_throughput = sys.argv[1:] == ["throughput"]
+    sizes = [] if only_throughput else [int(a) for a in sys.argv[1:]] or [10, 50]
     empty = tempfile.mkdtemp(prefix="mesh-plugins-")
     examples = tempfile.mkdtemp(prefix="mesh-examples-")
     subprocess.run(["cp", os.path.join(RELEASE, "libcounter.so"), examples], check=True)
     try:
         for n in sizes:
             figures(n, empty)
-        throughput(empty, examples)
+        if only_throughput or not sys.argv[1:]:
+            throughput(empty, examples)
     finally:
         stop_all()
 

@@ -46,6 +46,30 @@ fn three_hosts_where_each_knows_one_other_all_list_all_three_with_their_tags() {
         "mesh in /health: {health:?}"
     );
     assert_eq!(health["mesh"]["alive"], 2, "{health:?}");
+
+    let table = paglets_e2e::paglets(&["mesh", "--host", &a.url]);
+    assert!(table.status.success(), "{table:?}");
+    let text = String::from_utf8_lossy(&table.stdout);
+    let header = text.lines().next().unwrap_or_default();
+    for column in [
+        "NAME",
+        "URL",
+        "STATE",
+        "COMPATIBLE",
+        "CODE VERSION",
+        "TAGS",
+        "LAST SEEN",
+    ] {
+        assert!(header.contains(column), "{column} in {text}");
+    }
+    assert!(text.contains("a (self)") && text.contains(&c.url), "{text}");
+    let json = paglets_e2e::paglets(&["mesh", "--json", "--host", &a.url]);
+    let listed: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(
+        listed["hosts"].as_array().map(Vec::len),
+        Some(3),
+        "{listed}"
+    );
 }
 
 #[test]
