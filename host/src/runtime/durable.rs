@@ -255,7 +255,9 @@ impl Runtime {
             }
         }
         let waiting = lock(&self.waiting);
-        for record in waiting.values().filter(|r| r.status == Status::Active) {
+        let registry = self.registry();
+        let missing = |r: &&Record| r.status == Status::Active && registry.class(&r.class).is_err();
+        for record in waiting.values().filter(missing) {
             tracing::warn!(paglet = %record.id, class = %record.class, "not restored: its class is not loaded; it waits in the store and runs once the class appears");
         }
         restored
