@@ -203,7 +203,17 @@ impl Runtime {
         let Some(commit) = commit else {
             return Ok(id);
         };
-        match commit.recv().unwrap_or(Err(StoreError::Closed)) {
+        let wait = || commit.recv().unwrap_or(Err(StoreError::Closed));
+        // A paglet creating another from a handler that runs on an HTTP worker (see `send`):
+        // tell tokio before blocking it on the disk, so the worker's other tasks move on.
+        let on_tokio_worker = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let written = if on_tokio_worker {
+            tokio::task::block_in_place(wait)
+        } else {
+            wait()
+        };
+        match written {
             Err(e) if self.durability() == Durability::Sync => Err(not_persisted(e)),
             _ => Ok(id),
         }
