@@ -232,6 +232,17 @@ impl Store {
         self.save_all(Vec::new(), None)
     }
 
+    /// Runs `sql` on the writer's connection (to stage faults in tests).
+    #[cfg(test)]
+    pub fn exec(&self, sql: &str) -> Result<(), StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.submit(Request::Exec(
+            sql.into(),
+            Box::new(move |r| drop(tx.send(r))),
+        ));
+        rx.recv().unwrap_or(Err(StoreError::Closed))
+    }
+
     /// Stops the writer after what is queued, and closes the database.
     pub fn close(&self) {
         if let Some(writer) = lock(&self.writer).take() {

@@ -178,3 +178,40 @@ fn a_damaged_database_is_refused_and_left_as_it_was() {
     assert!(message.contains("not a regular file"), "{message}");
     assert!(db.is_dir());
 }
+
+#[test]
+fn a_failed_write_degrades_is_kept_and_is_written_once_writes_succeed() {
+    let d = dir();
+    let (store, _) = open(d.path());
+    store.put(record("small", "{}"), None);
+    store.flush().expect("flush");
+    // A full disk, as SQLite sees it: no page may be added.
+    store
+        .exec("PRAGMA max_page_count = 1")
+        .expect("limit the database");
+    let big = format!(r#"{{"items":"{}"}}"#, "x".repeat(200_000));
+    let (tx, rx) = std::sync::mpsc::channel();
+    store.put(
+        record("big", &big),
+        Some(Box::new(move |r| drop(tx.send(r)))),
+    );
+    let failed = rx.recv().expect("an answer");
+    assert!(matches!(failed, Err(StoreError::Write(_))), "{failed:?}");
+    match store.persistence() {
+        Persistence::Degraded(e) => assert!(e.contains("paglets.db"), "{e}"),
+        Persistence::Ok => panic!("not degraded after a failed write"),
+    }
+    store
+        .exec("PRAGMA max_page_count = 1073741823")
+        .expect("lift the limit");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.persistence() != Persistence::Ok {
+        assert!(std::time::Instant::now() < deadline, "no recovery");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    store.close();
+    let (_store, records) = open(d.path());
+    let ids: Vec<_> = records.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["big", "small"], "the failed write was not retried");
+    assert_eq!(records[0].state, big);
+}

@@ -37,6 +37,9 @@ pub enum Request {
     },
     /// Commit what is pending and stop.
     Stop,
+    /// Run SQL on the connection (tests stage faults this way).
+    #[cfg(test)]
+    Exec(String, Done),
 }
 
 impl Request {
@@ -171,6 +174,12 @@ impl Group {
                 self.waiters.push(done);
             }
             Request::Stop => return true,
+            #[cfg(test)]
+            Request::Exec(sql, done) => done(
+                self.conn
+                    .execute_batch(&sql)
+                    .map_err(|e| StoreError::Write(e.to_string())),
+            ),
         }
         false
     }
