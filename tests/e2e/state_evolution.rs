@@ -80,7 +80,9 @@ fn new_code_that_would_drop_a_key_holds_the_paglet_and_names_the_key() {
 #[test]
 fn a_new_state_version_runs_the_upgrade() {
     let (host, plugins, _) = host_with_note("evolve-v1", v1_state());
+    assert_eq!(host.get("/classes").json[0]["state_version"], 1);
     let rescan = swap_to(&host, &plugins, "evolve-v2");
+    assert_eq!(host.get("/classes").json[0]["state_version"], 2);
     assert_eq!(rescan["migrated"], json!(["n"]), "{rescan}");
     assert_eq!(
         state(&host),
