@@ -74,6 +74,10 @@ pub enum Job {
     Checkpoint(Checkpoint),
 }
 
+/// How long [`Paglet::try_state`] waits for the instance lock while no job runs (well below
+/// the 100 ms a detail must answer in).
+const IDLE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Where [`Paglet::push`] puts a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueAt {
@@ -197,10 +201,7 @@ impl Paglet {
 
     /// The state, unless a job is running (then `None` at once, never waiting).
     pub fn try_state(&self) -> Option<Result<Value, PagletError>> {
-        if self.is_busy() {
-            return None;
-        }
-        let instance = self.instance.try_lock().ok()?;
+        let instance = self.lock_idle()?;
         Some(instance.state().and_then(|text| {
             serde_json::from_str(&text).map_err(|e| PagletError::Failed(format!("state: {e}")))
         }))
@@ -213,11 +214,29 @@ impl Paglet {
 
     /// Runs `f` on the instance unless a job is running (then `None` at once).
     pub fn try_with_instance<T>(&self, f: impl FnOnce(&Instance) -> T) -> Option<T> {
-        if self.is_busy() {
-            return None;
-        }
-        let instance = self.instance.try_lock().ok()?;
+        let instance = self.lock_idle()?;
         Some(f(&instance))
+    }
+
+    /// The instance, unless a job runs (then `None` at once). Without a job the lock is held
+    /// only for a moment (a state read by the checkpointer or a detail, the end of a job that
+    /// already answered), so this waits for it, briefly: a paglet that just answered is not
+    /// reported busy.
+    fn lock_idle(&self) -> Option<std::sync::MutexGuard<'_, Instance>> {
+        let deadline = Instant::now() + IDLE_LOCK_WAIT;
+        loop {
+            if self.is_busy() {
+                return None;
+            }
+            match self.instance.try_lock() {
+                Ok(instance) => return Some(instance),
+                Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::yield_now();
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return None,
+            }
+        }
     }
 
     /// True once its disposing hook ran.
@@ -331,6 +350,9 @@ impl Paglet {
                 let result = instance.handle(&kind, &args);
                 self.inline.note(started.elapsed());
                 self.handled.fetch_add(1, Ordering::Relaxed);
+                // The handler is done: a detail asked once the caller has its answer must not
+                // see the paglet busy (it waits the moment the lock is still held).
+                self.busy.store(false, Ordering::Release);
                 let result = result.map_err(RuntimeError::from);
                 match &self.saver {
                     Some(saver) => saver.after_change(self, &instance, result, reply),
