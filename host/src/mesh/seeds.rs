@@ -10,14 +10,23 @@ use super::Shared;
 use super::swim::Event;
 use super::transport::FetchError;
 
-/// Announces to every seed now and then every `every`, until the host stops.
+/// Announcements in quick succession right after start: a seed's answer lists the members
+/// it knows at that moment, and hosts that start together learn of each other through the
+/// later answers instead of waiting a whole period.
+const EARLY_ROUNDS: u32 = 4;
+
+/// Announces to every seed now, a few times in the first period, and then every `every`,
+/// until the host stops.
 pub async fn run(shared: Arc<Shared>, seeds: Vec<String>, self_name: String, every: Duration) {
     if seeds.is_empty() {
         return;
     }
-    let mut interval = tokio::time::interval(every);
-    loop {
-        interval.tick().await;
+    let early = every / (EARLY_ROUNDS + 1);
+    for round in 0.. {
+        if round > 0 {
+            let pause = if round <= EARLY_ROUNDS { early } else { every };
+            tokio::time::sleep(pause).await;
+        }
         for seed in &seeds {
             let (shared, seed, self_name) = (shared.clone(), seed.clone(), self_name.clone());
             tokio::spawn(async move { announce(&shared, &seed, &self_name).await });
