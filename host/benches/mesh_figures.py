@@ -25,6 +25,7 @@ ratio. Every process it starts is stopped before it exits.
 import http.client
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -38,10 +39,12 @@ BIN = os.path.join(RELEASE, "paglets")
 BASE_PORT = 19100
 TICKS = os.sysconf("SC_CLK_TCK")
 PROCS = []
+DIRS = []
 
 
 def start(name, port, peers, plugins, extra=()):
     persistence = tempfile.mkdtemp(prefix=f"mesh-{name}-")
+    DIRS.append(persistence)
     args = [BIN, "host", "--name", name, "--paths", plugins, "--port", str(port),
             "--persistence-dir", persistence, "--no-watch", *extra]
     for peer in peers:
@@ -218,6 +221,7 @@ def main():
     sizes = [] if only_throughput else [int(a) for a in sys.argv[1:]] or [10, 50]
     empty = tempfile.mkdtemp(prefix="mesh-plugins-")
     examples = tempfile.mkdtemp(prefix="mesh-examples-")
+    DIRS.extend([empty, examples])
     subprocess.run(["cp", os.path.join(RELEASE, "libcounter.so"), examples], check=True)
     try:
         for n in sizes:
@@ -226,6 +230,8 @@ def main():
             throughput(empty, examples)
     finally:
         stop_all()
+        for path in DIRS:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":
