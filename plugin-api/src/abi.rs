@@ -33,7 +33,7 @@ use crate::message::Hook;
 
 /// The interface version a library was built against. The host checks it before anything
 /// else in the root module and refuses a library whose number differs.
-pub const PAGLETS_ABI: u32 = 2;
+pub const PAGLETS_ABI: u32 = 3;
 
 /// Why a call into a paglet failed, as it crosses the boundary.
 #[repr(u8)]
@@ -68,7 +68,13 @@ pub struct AbiError {
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AbiHook {
     Created,
+    /// Detail: the [`Arrival`](crate::Arrival) as JSON.
     Arrived,
+    /// Detail: where it goes.
+    Dispatching,
+    Cloning,
+    Deactivating,
+    Activated,
     Disposing,
 }
 
@@ -95,8 +101,20 @@ pub trait ContextAbi: Send + Sync {
     /// Creates a paglet; an empty `id` lets the host choose. Returns the new id.
     fn create(&self, class: RStr<'_>, state: RStr<'_>, id: RStr<'_>) -> RResult<RString, AbiError>;
     /// Logs a line on the host, tagged with the instance.
-    #[sabi(last_prefix_field)]
     fn log(&self, level: AbiLevel, target: RStr<'_>, message: RStr<'_>);
+    /// Queues a message to another paglet without waiting for its reply; returns the
+    /// message id.
+    fn send_oneway(
+        &self,
+        to: RStr<'_>,
+        kind: RStr<'_>,
+        args: RStr<'_>,
+    ) -> RResult<RString, AbiError>;
+    /// Asks for a lifecycle operation on the instance itself (`dispatch`, `clone`,
+    /// `deactivate`, `dispose`), with JSON arguments; it runs after the current handler
+    /// returns. Returns what the host says at once (JSON).
+    #[sabi(last_prefix_field)]
+    fn request(&self, op: RStr<'_>, args: RStr<'_>) -> RResult<RString, AbiError>;
 }
 
 /// The context object as the plugin receives it.
@@ -107,8 +125,8 @@ pub type ContextBox = ContextAbi_TO<'static, RArc<()>>;
 pub trait InstanceAbi: Send {
     /// Handles one message; `args` and the reply are JSON text.
     fn handle(&mut self, kind: RStr<'_>, args: RStr<'_>) -> RResult<RString, AbiError>;
-    /// Runs a lifecycle hook.
-    fn hook(&mut self, hook: AbiHook) -> RResult<(), AbiError>;
+    /// Runs a lifecycle hook; `detail` is what the hook is told (see [`AbiHook`]).
+    fn hook(&mut self, hook: AbiHook, detail: RStr<'_>) -> RResult<(), AbiError>;
     /// The instance's state as JSON text.
     #[sabi(last_prefix_field)]
     fn state(&self) -> RResult<RString, AbiError>;
@@ -228,24 +246,36 @@ impl From<AbiLevel> for tracing::Level {
     }
 }
 
-impl From<Hook> for AbiHook {
-    fn from(hook: Hook) -> Self {
-        match hook {
-            Hook::Created => AbiHook::Created,
-            Hook::Arrived => AbiHook::Arrived,
-            Hook::Disposing => AbiHook::Disposing,
-        }
+/// A hook as it crosses the boundary: its kind and its detail as text.
+fn hook_to_abi(hook: &Hook) -> (AbiHook, String) {
+    match hook {
+        Hook::Created => (AbiHook::Created, String::new()),
+        // An `Arrival` is two plain fields; serialising it cannot fail.
+        Hook::Arrived(arrival) => (
+            AbiHook::Arrived,
+            serde_json::to_string(arrival).unwrap_or_default(),
+        ),
+        Hook::Dispatching { to } => (AbiHook::Dispatching, to.clone()),
+        Hook::Cloning => (AbiHook::Cloning, String::new()),
+        Hook::Deactivating => (AbiHook::Deactivating, String::new()),
+        Hook::Activated => (AbiHook::Activated, String::new()),
+        Hook::Disposing => (AbiHook::Disposing, String::new()),
     }
 }
 
-impl From<AbiHook> for Hook {
-    fn from(hook: AbiHook) -> Self {
-        match hook {
-            AbiHook::Created => Hook::Created,
-            AbiHook::Arrived => Hook::Arrived,
-            AbiHook::Disposing => Hook::Disposing,
-        }
-    }
+/// A hook back from the boundary.
+fn hook_from_abi(hook: AbiHook, detail: &str) -> Result<Hook, PagletError> {
+    Ok(match hook {
+        AbiHook::Created => Hook::Created,
+        AbiHook::Arrived => Hook::Arrived(serde_json::from_str(detail).map_err(|e| {
+            PagletError::Failed(format!("the host sent an arrival that does not read: {e}"))
+        })?),
+        AbiHook::Dispatching => Hook::Dispatching { to: detail.into() },
+        AbiHook::Cloning => Hook::Cloning,
+        AbiHook::Deactivating => Hook::Deactivating,
+        AbiHook::Activated => Hook::Activated,
+        AbiHook::Disposing => Hook::Disposing,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -336,8 +366,8 @@ impl<T: InstanceOps> InstanceAbi for T {
         to_abi(InstanceOps::handle(self, kind.as_str(), args.as_str()).map(RString::from))
     }
 
-    fn hook(&mut self, hook: AbiHook) -> RResult<(), AbiError> {
-        to_abi(InstanceOps::hook(self, hook.into()))
+    fn hook(&mut self, hook: AbiHook, detail: RStr<'_>) -> RResult<(), AbiError> {
+        to_abi(hook_from_abi(hook, detail.as_str()).and_then(|hook| InstanceOps::hook(self, hook)))
     }
 
     fn state(&self) -> RResult<RString, AbiError> {
@@ -368,6 +398,19 @@ impl HostLink {
 
     pub(crate) fn log(&self, level: tracing::Level, target: &str, message: &str) {
         self.0.log(level.into(), target.into(), message.into());
+    }
+
+    pub(crate) fn send_oneway(
+        &self,
+        to: &str,
+        kind: &str,
+        args: &str,
+    ) -> Result<String, PagletError> {
+        from_abi(self.0.send_oneway(to.into(), kind.into(), args.into())).map(RString::into_string)
+    }
+
+    pub(crate) fn request(&self, op: &str, args: &str) -> Result<String, PagletError> {
+        from_abi(self.0.request(op.into(), args.into())).map(RString::into_string)
     }
 }
 
@@ -419,6 +462,25 @@ impl<H: HostContext> ContextAbi for Guarded<H> {
             Ok(())
         });
     }
+
+    fn send_oneway(
+        &self,
+        to: RStr<'_>,
+        kind: RStr<'_>,
+        args: RStr<'_>,
+    ) -> RResult<RString, AbiError> {
+        to_abi(
+            caught("send_oneway", || {
+                self.0
+                    .send_oneway(to.as_str(), kind.as_str(), args.as_str())
+            })
+            .map(RString::from),
+        )
+    }
+
+    fn request(&self, op: RStr<'_>, args: RStr<'_>) -> RResult<RString, AbiError> {
+        to_abi(caught("request", || self.0.request(op.as_str(), args.as_str())).map(RString::from))
+    }
 }
 
 /// Wraps a host's context into the boundary object.
@@ -459,8 +521,9 @@ pub(crate) fn instance_handle(
     from_abi(obj.handle(kind.into(), args.into())).map(RString::into_string)
 }
 
-pub(crate) fn instance_hook(obj: &mut InstanceBox, hook: Hook) -> Result<(), PagletError> {
-    from_abi(obj.hook(hook.into()))
+pub(crate) fn instance_hook(obj: &mut InstanceBox, hook: &Hook) -> Result<(), PagletError> {
+    let (kind, detail) = hook_to_abi(hook);
+    from_abi(obj.hook(kind, detail.as_str().into()))
 }
 
 pub(crate) fn instance_state(obj: &InstanceBox) -> Result<String, PagletError> {

@@ -77,6 +77,46 @@ impl Context {
         self.inner.link.create(class, &state, id.unwrap_or(""))
     }
 
+    /// Queues a message to the paglet `to` and returns at once with its message id; the
+    /// reply is dropped. Messages from one sender arrive in the order sent; a delivery that
+    /// fails is logged and counted on the target (`oneway_failed`).
+    pub fn send_oneway(
+        &self,
+        to: &str,
+        kind: &str,
+        args: impl Serialize,
+    ) -> Result<String, PagletError> {
+        let args = serde_json::to_string(&args)
+            .map_err(|e| PagletError::InvalidArgs(format!("args do not serialize: {e}")))?;
+        self.inner.link.send_oneway(to, kind, &args)
+    }
+
+    /// Asks the host to move this paglet to `to` (a mesh host name or a URL) once the
+    /// current handler returns: its `dispatching` hook runs then, and a failure there or on
+    /// the way leaves it here (and is logged).
+    pub fn dispatch(&self, to: &str) -> Result<(), PagletError> {
+        self.request("dispatch", serde_json::json!({ "to": to }))
+            .map(drop)
+    }
+
+    /// Asks the host for a copy of this paglet, on this host (`to` `None`) or another, once
+    /// the current handler returns; returns the copy's id (`id`, or one the host picks).
+    pub fn clone_to(&self, to: Option<&str>, id: Option<&str>) -> Result<String, PagletError> {
+        let answer = self.request("clone", serde_json::json!({ "to": to, "id": id }))?;
+        Ok(answer["id"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Asks the host to put this paglet to sleep in its store once the current handler
+    /// returns; the next message (or an activation) wakes it.
+    pub fn deactivate(&self) -> Result<(), PagletError> {
+        self.request("deactivate", Value::Null).map(drop)
+    }
+
+    fn request(&self, op: &str, args: Value) -> Result<Value, PagletError> {
+        let answer = self.inner.link.request(op, &args.to_string())?;
+        Ok(serde_json::from_str(&answer).unwrap_or(Value::Null))
+    }
+
     /// Logs a line on the host, tagged with this instance and its class:
     /// `ctx.log(Level::INFO, format_args!("greeted {name}"))`, or any `Display` value.
     /// [`Level`](crate::Level) is re-exported, so this needs no `tracing` dependency.

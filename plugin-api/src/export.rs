@@ -308,9 +308,13 @@ impl<P: Paglet> InstanceOps for Shim<P> {
     }
 
     fn hook(&mut self, hook: Hook) -> Result<(), PagletError> {
-        self.call(hook.name(), |paglet, ctx| match hook {
+        self.call(hook.name(), |paglet, ctx| match &hook {
             Hook::Created => paglet.created(ctx),
-            Hook::Arrived => paglet.arrived(ctx),
+            Hook::Arrived(arrival) => paglet.arrived(ctx, arrival),
+            Hook::Dispatching { to } => paglet.dispatching(ctx, to),
+            Hook::Cloning => paglet.cloning(ctx),
+            Hook::Deactivating => paglet.deactivating(ctx),
+            Hook::Activated => paglet.activated(ctx),
             Hook::Disposing => paglet.disposing(ctx),
         })
     }

@@ -15,4 +15,21 @@ pub trait HostContext: Send + Sync + 'static {
     fn create(&self, class: &str, state: &str, id: Option<&str>) -> Result<String, PagletError>;
     /// Logs a line for this instance.
     fn log(&self, level: tracing::Level, target: &str, message: &str);
+    /// Queues a message from this instance to `to` without waiting for the reply; returns
+    /// the message id. The default refuses: a host without oneway messages.
+    fn send_oneway(&self, to: &str, kind: &str, args: &str) -> Result<String, PagletError> {
+        let _ = (to, kind, args);
+        Err(PagletError::Failed(
+            "this host does not deliver oneway messages".into(),
+        ))
+    }
+    /// Asks for a lifecycle operation on this instance (`op`: `dispatch`, `clone`,
+    /// `deactivate`, `dispose`; `args` JSON), to run after its current handler returns.
+    /// The default refuses: a host without moving paglets.
+    fn request(&self, op: &str, args: &str) -> Result<String, PagletError> {
+        let _ = args;
+        Err(PagletError::Failed(format!(
+            "this host does not {op} paglets"
+        )))
+    }
 }

@@ -55,7 +55,7 @@ pub mod testing;
 pub use abi::PAGLETS_ABI;
 pub use context::Context;
 pub use error::{LoadError, PagletError};
-pub use message::{Hook, Message, Reply};
+pub use message::{Arrival, ArrivalReason, Hook, Message, Reply};
 pub use paglet::Paglet;
 /// Log levels for [`Context::log`], re-exported so a paglet needs no `tracing` dependency.
 pub use tracing::Level;

@@ -12,7 +12,7 @@ use crate::abi::{self, InstanceBox, Module};
 pub use crate::describe::{ClassInfo, LibraryInfo};
 use crate::error::{LoadError, PagletError};
 pub use crate::host_context::HostContext;
-use crate::message::Hook;
+use crate::message::{Arrival, ArrivalReason, Hook};
 
 /// A loaded, checked paglet library.
 pub struct Library {
@@ -186,7 +186,7 @@ impl Instance {
 
     /// Runs a lifecycle hook.
     pub fn hook(&mut self, hook: Hook) -> Result<(), PagletError> {
-        abi::instance_hook(&mut self.obj, hook)
+        abi::instance_hook(&mut self.obj, &hook)
     }
 
     /// The instance's state as JSON text.
@@ -210,9 +210,10 @@ impl Instance {
                 self.class
             ))
         })?;
+        let source = host.host_name();
         let state = self.state()?;
         let mut fresh = library.instantiate(info, &state, self.state_version, host)?;
-        fresh.hook(Hook::Arrived)?;
+        fresh.hook(Hook::Arrived(Arrival::new(ArrivalReason::Reload, source)))?;
         Ok(fresh)
     }
 }

@@ -5,23 +5,88 @@ use serde_json::Value;
 
 use crate::error::PagletError;
 
-/// The lifecycle hooks, in the order an instance meets them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why an instance arrived: what [`Paglet::arrived`](crate::Paglet::arrived) is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArrivalReason {
+    /// It moved to new code of its library (a hot reload or a git update).
+    Reload,
+    /// It was dispatched here from another host.
+    Dispatch,
+    /// It is a clone of another paglet (on this host or another).
+    Clone,
+    /// It was called back here from another host.
+    Retract,
+    /// It was restored from the host's store (a restart, or its class appeared).
+    Restore,
+}
+
+impl ArrivalReason {
+    /// The reason's name, as the host's API and logs spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ArrivalReason::Reload => "reload",
+            ArrivalReason::Dispatch => "dispatch",
+            ArrivalReason::Clone => "clone",
+            ArrivalReason::Retract => "retract",
+            ArrivalReason::Restore => "restore",
+        }
+    }
+}
+
+/// How an instance arrived: the reason and the host it came from (this host's own name for
+/// a reload, a restore or a local clone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Arrival {
+    /// Why it arrived.
+    pub reason: ArrivalReason,
+    /// The name of the host it came from.
+    pub source: String,
+}
+
+impl Arrival {
+    /// An arrival for `reason` from the host named `source`.
+    pub fn new(reason: ArrivalReason, source: impl Into<String>) -> Arrival {
+        Arrival {
+            reason,
+            source: source.into(),
+        }
+    }
+}
+
+/// The lifecycle hooks. A hook that fails cancels what it announces: the paglet stays where
+/// and as it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hook {
     /// After creation from the initial state.
     Created,
-    /// After a move to new code (or a restore), with the state it had.
-    Arrived,
+    /// After it arrived with its state: new code, another host, a clone, a restore.
+    Arrived(Arrival),
+    /// Before it leaves for the host `to` (a mesh host name or a URL).
+    Dispatching {
+        /// Where it goes.
+        to: String,
+    },
+    /// Before a copy of it is made (on the original).
+    Cloning,
+    /// Before it goes to the store and its memory is freed.
+    Deactivating,
+    /// After it came back from the store.
+    Activated,
     /// Before disposal.
     Disposing,
 }
 
 impl Hook {
     /// The hook's name, as the `Paglet` method that runs it.
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
             Hook::Created => "created",
-            Hook::Arrived => "arrived",
+            Hook::Arrived(_) => "arrived",
+            Hook::Dispatching { .. } => "dispatching",
+            Hook::Cloning => "cloning",
+            Hook::Deactivating => "deactivating",
+            Hook::Activated => "activated",
             Hook::Disposing => "disposing",
         }
     }

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::context::Context;
 use crate::error::PagletError;
-use crate::message::{Message, Reply};
+use crate::message::{Arrival, Message, Reply};
 
 /// A stateful agent. The implementing type *is* its state: the host stores, migrates and
 /// shows it through its serde representation, and [`Default`] is the class's state template.
@@ -41,8 +41,33 @@ pub trait Paglet: Serialize + DeserializeOwned + Default + Send + 'static {
         Ok(())
     }
 
-    /// Runs after the instance moved to new code (a reload) or was restored, with its state.
-    fn arrived(&mut self, _ctx: &Context) -> Result<(), PagletError> {
+    /// Runs after the instance arrived with its state: moved to new code (a reload),
+    /// dispatched or retracted from another host, cloned, or restored from the store.
+    /// `arrival` says which, and from which host. Failing refuses the arrival: a reload keeps
+    /// the old code, a dispatch leaves the paglet where it was.
+    fn arrived(&mut self, _ctx: &Context, _arrival: &Arrival) -> Result<(), PagletError> {
+        Ok(())
+    }
+
+    /// Runs before the instance leaves this host for `to` (a mesh host name or a URL).
+    /// Failing cancels the dispatch.
+    fn dispatching(&mut self, _ctx: &Context, _to: &str) -> Result<(), PagletError> {
+        Ok(())
+    }
+
+    /// Runs on the original before a copy is made. Failing cancels the clone.
+    fn cloning(&mut self, _ctx: &Context) -> Result<(), PagletError> {
+        Ok(())
+    }
+
+    /// Runs before the instance goes to the store and its memory is freed. Failing keeps
+    /// it active.
+    fn deactivating(&mut self, _ctx: &Context) -> Result<(), PagletError> {
+        Ok(())
+    }
+
+    /// Runs after the instance came back from the store (an activation, or a message to it).
+    fn activated(&mut self, _ctx: &Context) -> Result<(), PagletError> {
         Ok(())
     }
 

@@ -43,7 +43,7 @@ use serde_json::Value;
 use crate::error::{LoadError, PagletError};
 use crate::export::Single;
 use crate::loader::{ClassInfo, HostContext, Instance, Library, generated_id};
-use crate::message::Hook;
+use crate::message::{Arrival, ArrivalReason, Hook};
 use crate::paglet::Paglet;
 
 /// One log line a paglet emitted through its context or `tracing`.
@@ -70,7 +70,21 @@ struct Shared {
     libraries: Vec<Library>,
     instances: Mutex<BTreeMap<String, Arc<Mutex<Instance>>>>,
     logs: Mutex<Vec<LogLine>>,
+    requests: Mutex<Vec<LifecycleRequest>>,
     next_id: AtomicU64,
+}
+
+/// A lifecycle operation a paglet asked for on itself through its context
+/// (`ctx.dispatch`, `ctx.clone_to`, `ctx.deactivate`). The harness records it; it moves
+/// nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LifecycleRequest {
+    /// The instance that asked.
+    pub id: String,
+    /// `dispatch`, `clone` or `deactivate`.
+    pub op: String,
+    /// Its arguments, e.g. `{"to": "lab-b"}`.
+    pub args: Value,
 }
 
 /// The harness's host context: messages go to instances of the same harness, and an
@@ -97,6 +111,44 @@ impl HostContext for HarnessContext {
         let state: Value = serde_json::from_str(state)
             .map_err(|e| PagletError::InvalidArgs(format!("state is not JSON: {e}")))?;
         Shared::create(&self.shared()?, class, id, &state, None)
+    }
+
+    fn send_oneway(&self, to: &str, kind: &str, args: &str) -> Result<String, PagletError> {
+        // Delivered at once in the harness; the reply is dropped as a host drops it.
+        let shared = self.shared()?;
+        shared.send_raw(to, kind, args)?;
+        Ok(format!(
+            "oneway-{}",
+            shared.next_id.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    fn request(&self, op: &str, args: &str) -> Result<String, PagletError> {
+        let shared = self.shared()?;
+        let args: Value = serde_json::from_str(args).unwrap_or(Value::Null);
+        let answer = match op {
+            "clone" => {
+                let id = args["id"].as_str().map(str::to_string).unwrap_or_else(|| {
+                    format!(
+                        "{}-clone-{}",
+                        self.id,
+                        shared.next_id.fetch_add(1, Ordering::Relaxed)
+                    )
+                });
+                serde_json::json!({ "id": id })
+            }
+            _ => serde_json::json!({ "id": self.id }),
+        };
+        shared
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(LifecycleRequest {
+                id: self.id.clone(),
+                op: op.into(),
+                args,
+            });
+        Ok(answer.to_string())
     }
 
     fn log(&self, level: tracing::Level, target: &str, message: &str) {
@@ -191,7 +243,7 @@ impl Shared {
             }
             Some(version) => {
                 let mut instance = library.restore(class, state, version, host)?;
-                instance.hook(Hook::Arrived)?;
+                instance.hook(Hook::Arrived(Arrival::new(ArrivalReason::Restore, "test")))?;
                 instance
             }
         };
@@ -237,6 +289,7 @@ impl PagletTest {
                 libraries,
                 instances: Mutex::default(),
                 logs: Mutex::default(),
+                requests: Mutex::default(),
                 next_id: AtomicU64::new(1),
             }),
         }
@@ -359,6 +412,25 @@ impl PagletTest {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(id);
         Ok(())
+    }
+
+    /// Runs a lifecycle hook on paglet `id`, as the host would before or after the operation
+    /// it announces, e.g. `Hook::Dispatching { to: "lab-b".into() }`; the harness moves
+    /// nothing itself.
+    pub fn run_hook(&self, id: &str, hook: Hook) -> Result<(), PagletError> {
+        let slot = self.shared.instance(id)?;
+        slot.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .hook(hook)
+    }
+
+    /// Every lifecycle operation paglets asked for on themselves so far, in order.
+    pub fn requests(&self) -> Vec<LifecycleRequest> {
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Every line logged so far.

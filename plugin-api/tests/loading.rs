@@ -257,7 +257,13 @@ fn panics_in_hooks_are_contained() {
     let library = open_fixture("debug/libpanicky.so");
     for (hook, name) in [
         (Hook::Created, "created"),
-        (Hook::Arrived, "arrived"),
+        (
+            Hook::Arrived(plugin_api::Arrival::new(
+                plugin_api::ArrivalReason::Restore,
+                "loading-test",
+            )),
+            "arrived",
+        ),
         (Hook::Disposing, "disposing"),
     ] {
         let state = serde_json::json!({ "panic_in": name });

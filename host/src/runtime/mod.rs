@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
-use plugin_api::{Hook, PagletError};
+use plugin_api::{Arrival, ArrivalReason, Hook, PagletError};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -280,7 +280,9 @@ impl Runtime {
         };
         instance.hook(match origin {
             Origin::New => Hook::Created,
-            Origin::Restored => Hook::Arrived,
+            Origin::Restored => {
+                Hook::Arrived(Arrival::new(ArrivalReason::Restore, self.host_name.clone()))
+            }
         })?;
         let mut paglet = Paglet::new(id.clone(), class.into(), lib, instance, self.saver());
         if let Some(record) = stored {
