@@ -141,6 +141,18 @@ pub struct HostArgs {
     /// Threads that run paglet handlers [default: 8].
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Seconds a host answers requests for a paglet that left with 308 and its new host
+    /// [default: 600].
+    #[arg(long)]
+    pub forward_ttl: Option<u64>,
+    /// Largest arriving paglet (`POST /mesh/arrivals`) in bytes, or with KiB, MiB, GiB
+    /// [default: 64MiB].
+    #[arg(long, value_parser = crate::config::parse_size)]
+    pub max_transfer: Option<u64>,
+    /// Milliseconds a dispatch waits for the target's answer before the transfer is in doubt
+    /// [default: 5000].
+    #[arg(long, hide = true)]
+    pub transfer_timeout_ms: Option<u64>,
 }
 
 /// `paglets discover`.

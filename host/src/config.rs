@@ -61,6 +61,12 @@ pub struct HostConfig {
     pub max_library_size: u64,
     /// Worker threads for paglet code.
     pub workers: usize,
+    /// How long requests for a paglet that left are answered with 308.
+    pub forward_ttl: Duration,
+    /// Largest arriving paglet.
+    pub max_transfer: usize,
+    /// How long a dispatch waits for the target's answer.
+    pub transfer_timeout: Duration,
     /// Git auto-update, when on.
     pub auto_update: Option<crate::update::UpdateSettings>,
     /// Paglets created at start when their id does not exist yet.
@@ -140,6 +146,8 @@ struct HostSection {
     allow_insecure_paths: Option<bool>,
     max_library_size: Option<Size>,
     workers: Option<usize>,
+    forward_ttl: Option<u64>,
+    max_transfer: Option<Size>,
 }
 
 /// A size in the launch config: bytes, or a string like the flag's (`"64MiB"`).
@@ -361,6 +369,17 @@ impl HostConfig {
                 args.shutdown_grace.or(host.shutdown_grace).unwrap_or(10),
             ),
             max_body: args.max_body.or(host.max_body).unwrap_or(1024 * 1024),
+            forward_ttl: Duration::from_secs(args.forward_ttl.or(host.forward_ttl).unwrap_or(600)),
+            max_transfer: match (args.max_transfer, host.max_transfer) {
+                (Some(bytes), _) => bytes,
+                (None, Some(size)) => size.bytes("max_transfer")?,
+                (None, None) => 64 << 20,
+            }
+            .try_into()
+            .unwrap_or(usize::MAX),
+            transfer_timeout: Duration::from_millis(
+                args.transfer_timeout_ms.unwrap_or(5000).max(1),
+            ),
             header_timeout: Duration::from_secs(
                 args.header_timeout
                     .or(host.header_timeout)

@@ -13,17 +13,33 @@ use crate::runtime::RuntimeError;
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: std::borrow::Cow<'static, str>,
     message: String,
+    /// A header the answer carries (`Location` of a 308, `Retry-After` of a 503).
+    header: Option<Box<(header::HeaderName, HeaderValue)>>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
-            code,
+            code: code.into(),
             message: message.into(),
+            header: None,
         }
+    }
+
+    /// 308 `moved`: the paglet lives at `location` now.
+    pub fn moved(id: &str, location: &str) -> Self {
+        let mut error = Self::new(
+            StatusCode::PERMANENT_REDIRECT,
+            "moved",
+            format!("paglet '{id}' moved to another host: {location}"),
+        );
+        error.header = HeaderValue::from_str(location)
+            .ok()
+            .map(|v| Box::new((header::LOCATION, v)));
+        error
     }
 
     /// 400 `bad-request`.
@@ -141,6 +157,41 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::NotPersisted(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "not-persisted", message)
             }
+            RuntimeError::Inactive(_) => Self::conflict(message),
+            RuntimeError::InDoubt(_) => {
+                let mut error = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "transfer-in-doubt",
+                    message,
+                );
+                error.header = Some(Box::new((
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static("1"),
+                )));
+                error
+            }
+            RuntimeError::ClassMissing(_) => {
+                Self::new(StatusCode::CONFLICT, "class-missing", message)
+            }
+            RuntimeError::Incompatible(_) => {
+                Self::new(StatusCode::CONFLICT, "incompatible-code", message)
+            }
+            RuntimeError::Unreachable(_) => {
+                Self::new(StatusCode::BAD_GATEWAY, "bad-gateway", message)
+            }
+            RuntimeError::BadRequest(_) => Self::bad_request(message),
+            RuntimeError::NoHost(_) => Self::not_found(message),
+            RuntimeError::NoStore => Self::internal(message),
+            RuntimeError::Remote {
+                status,
+                code,
+                message,
+            } => ApiError {
+                status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                code: code.into(),
+                message,
+                header: None,
+            },
         }
     }
 }
@@ -183,6 +234,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
         let mut response = (self.status, Json(body)).into_response();
+        if let Some((name, value)) = self.header.map(|h| *h) {
+            response.headers_mut().insert(name, value);
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -238,7 +292,7 @@ mod tests {
             ),
         ] {
             let api = ApiError::from(err.clone());
-            assert_eq!((api.status, api.code), (status, code), "{err:?}");
+            assert_eq!((api.status, api.code.as_ref()), (status, code), "{err:?}");
             assert_eq!(api.message, err.to_string());
         }
     }

@@ -57,8 +57,14 @@ fn admit(state: &AppState, request: &Request) -> Result<(), ApiError> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|len| len > state.config.max_body as u64) {
-        return Err(ApiError::payload_too_large(state.config.max_body));
+    // Arriving paglets have their own, larger limit.
+    let limit = if request.uri().path() == "/mesh/arrivals" {
+        state.config.max_transfer
+    } else {
+        state.config.max_body
+    };
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::payload_too_large(limit));
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ mod extract;
 mod guard;
 pub mod listen;
 mod mesh;
+mod moving;
 mod paglets;
 
 use std::sync::Arc;
@@ -66,8 +67,21 @@ pub fn router(state: AppState) -> Router {
             get(paglets::detail).delete(paglets::dispose),
         )
         .route("/paglets/{id}/messages", post(paglets::send))
+        .route("/paglets/{id}/dispatch", post(moving::dispatch))
+        .route("/paglets/{id}/clone", post(moving::clone))
+        .route("/paglets/{id}/retract", post(moving::retract))
+        .route("/paglets/{id}/deactivate", post(moving::deactivate))
+        .route("/paglets/{id}/activate", post(moving::activate))
+        .route(
+            "/mesh/arrivals",
+            post(moving::arrivals).layer(DefaultBodyLimit::max(state.config.max_transfer)),
+        )
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            moving::forwarding,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::check,

@@ -1,7 +1,8 @@
 //! `/paglets` routes: create, list, inspect, message and dispose paglets.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use plugin_api::PagletError;
@@ -10,7 +11,13 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::{ApiError, AppState, JsonBody, PagletId, blocking};
-use crate::runtime::{Origin, Replier};
+use crate::runtime::{Origin, Replier, RuntimeError, StatusFilter};
+
+/// Wakes an inactive paglet (off the async workers: it reads the store and runs its code).
+pub(super) async fn wake(app: &AppState, id: &str) -> Result<(), ApiError> {
+    let (rt, id) = (app.runtime.clone(), id.to_string());
+    blocking(move || rt.activate(&id).map(drop).map_err(ApiError::from)).await
+}
 
 /// `POST /paglets` body.
 #[derive(Deserialize)]
@@ -30,6 +37,16 @@ pub struct SendBody {
     kind: String,
     #[serde(default)]
     args: Option<Value>,
+    #[serde(default)]
+    oneway: bool,
+}
+
+/// `GET /paglets` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    status: StatusFilter,
 }
 
 /// `POST /paglets`: 201 `{"id", "class"}`.
@@ -54,9 +71,18 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(json!({"id": id, "class": class}))).into_response())
 }
 
-/// `GET /paglets`.
-pub async fn list(State(app): State<AppState>) -> Json<Value> {
-    Json(json!(app.runtime.list()))
+/// `GET /paglets?status=`.
+pub async fn list(
+    State(app): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{}; status is one of active, inactive, quarantined, all",
+            e.body_text()
+        ))
+    })?;
+    Ok(Json(json!(app.runtime.list(query.status))))
 }
 
 /// `GET /paglets/{id}`: never waits for a busy paglet.
@@ -67,20 +93,50 @@ pub async fn detail(
     Ok(Json(json!(app.runtime.detail(&id)?)))
 }
 
-/// `POST /paglets/{id}/messages`: 200 `{"reply": ...}`.
+/// `POST /paglets/{id}/messages`: 200 `{"reply": ...}`, or with `oneway` 202
+/// `{"message_id"}` once queued. A message to an inactive paglet wakes it first.
 pub async fn send(
     State(app): State<AppState>,
     PagletId(id): PagletId,
     JsonBody(body): JsonBody<SendBody>,
 ) -> Result<Response, ApiError> {
-    let (tx, rx) = oneshot::channel();
     let args = body.args.map(|a| a.to_string()).unwrap_or_default();
-    app.runtime.send(
+    if body.oneway {
+        let message_id = match app.runtime.send_oneway(&id, &body.kind, args.clone()) {
+            Err(RuntimeError::Inactive(_)) => {
+                wake(&app, &id).await?;
+                app.runtime.send_oneway(&id, &body.kind, args)?
+            }
+            other => other?,
+        };
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"message_id": message_id})),
+        )
+            .into_response());
+    }
+    let (tx, rx) = oneshot::channel();
+    let first = app.runtime.send(
         &id,
         &body.kind,
-        args,
+        args.clone(),
         Replier::new(move |r| drop(tx.send(r))),
-    )?;
+    );
+    let rx = match first {
+        Ok(()) => rx,
+        Err(RuntimeError::Inactive(_)) => {
+            wake(&app, &id).await?;
+            let (tx, rx) = oneshot::channel();
+            app.runtime.send(
+                &id,
+                &body.kind,
+                args,
+                Replier::new(move |r| drop(tx.send(r))),
+            )?;
+            rx
+        }
+        Err(e) => return Err(e.into()),
+    };
     let reply = rx
         .await
         .unwrap_or_else(|_| Err(PagletError::failed("the reply was dropped").into()))?;
@@ -95,8 +151,11 @@ pub async fn dispose(
     PagletId(id): PagletId,
 ) -> Result<StatusCode, ApiError> {
     let (tx, rx) = oneshot::channel();
-    app.runtime
-        .dispose(&id, Replier::new(move |r| drop(tx.send(r))))?;
+    let replier = Replier::new(move |r| drop(tx.send(r)));
+    if app.runtime.is_inactive(&id) {
+        wake(&app, &id).await?;
+    }
+    app.runtime.dispose(&id, replier)?;
     // No answer means the disposing hook's outcome is unknown: never a 204 then.
     rx.await.unwrap_or_else(|_| {
         Err(PagletError::failed("the disposal was lost before it answered").into())

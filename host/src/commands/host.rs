@@ -15,6 +15,7 @@ use crate::mesh::align::Aligner;
 use crate::mesh::{HostMeta, LocalMeta, Mesh};
 use crate::persist::{DirLock, LockError};
 use crate::registry::Registry;
+use crate::runtime::Net;
 use crate::runtime::{Origin, Runtime};
 use crate::store::Store;
 use crate::update::Updater;
@@ -133,6 +134,22 @@ async fn serve(
         local,
     )
     .context("start the mesh")?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        .context("build the HTTP client for moving paglets")?;
+    runtime.attach_net(Net {
+        handle: tokio::runtime::Handle::current(),
+        client,
+        name: config.name.clone(),
+        url: public_url.clone(),
+        api_key: api_key.clone(),
+        mesh: mesh.clone(),
+        transfer_timeout: config.transfer_timeout,
+        forward_ttl: config.forward_ttl,
+    });
     let aligner = match (&updater, &config.auto_update) {
         (Some(updater), Some(settings)) => {
             let timeout = settings.build_timeout + settings.lock_timeout + Duration::from_secs(60);

@@ -35,9 +35,27 @@ impl Runtime {
                 self.in_flight.budget()
             ))
         })?;
-        let target = self
-            .paglet(to)
-            .map_err(|e| PagletError::NotFound(e.to_string()))?;
+        let target = match self.paglet(to) {
+            Ok(target) => target,
+            Err(_) if self.is_inactive(to) => self
+                .activate(to)
+                .map_err(|e| PagletError::Failed(format!("cannot wake {to}: {e}")))?,
+            Err(e) => match self.forward_url(to) {
+                // It moved: the message follows it there.
+                Some(url) => {
+                    return self.send_remote(&url, to, kind, args).map_err(|e| match e {
+                        RuntimeError::Paglet(e) => e,
+                        other => PagletError::Failed(other.to_string()),
+                    });
+                }
+                None => return Err(PagletError::NotFound(e.to_string())),
+            },
+        };
+        if target.in_doubt.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(PagletError::Failed(
+                RuntimeError::InDoubt(to.into()).to_string(),
+            ));
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         let job = Job::Message {
             kind: kind.into(),
@@ -113,6 +131,14 @@ impl loader::HostContext for HostContext {
                 RuntimeError::Paglet(e) => e,
                 other => PagletError::Failed(other.to_string()),
             })
+    }
+
+    fn send_oneway(&self, to: &str, kind: &str, args: &str) -> Result<String, PagletError> {
+        self.runtime()?.send_oneway_from(&self.id, to, kind, args)
+    }
+
+    fn request(&self, op: &str, args: &str) -> Result<String, PagletError> {
+        self.runtime()?.request_from(&self.id, op, args)
     }
 
     fn log(&self, level: tracing::Level, target: &str, message: &str) {

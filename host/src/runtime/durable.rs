@@ -35,6 +35,11 @@ pub struct Saver {
 }
 
 impl Saver {
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
     /// After a message (or a migration) changed the paglet's state; `instance` is its locked
     /// instance. In `sync` mode `reply` is answered once the change committed; otherwise at
     /// once.
@@ -224,6 +229,10 @@ impl Runtime {
     pub fn restore(&self, records: Vec<Record>) {
         let started = Instant::now();
         let total = records.len();
+        let (asleep, records): (Vec<Record>, Vec<Record>) = records
+            .into_iter()
+            .partition(|r| r.status == Status::Inactive);
+        self.note_sleepers(asleep.into_iter());
         let mut waiting = lock(&self.waiting);
         waiting.extend(records.into_iter().map(|r| (r.id.clone(), r)));
         drop(waiting);
@@ -322,6 +331,7 @@ impl Runtime {
             std::thread::sleep(Duration::from_millis(20));
         }
         let mut keep: HashSet<String> = lock(&self.waiting).keys().cloned().collect();
+        keep.extend(lock(&self.inactive).keys().cloned());
         let mut records = Vec::with_capacity(paglets.len());
         for paglet in paglets {
             keep.insert(paglet.id.clone());

@@ -4,6 +4,8 @@
 mod context;
 mod durable;
 mod inline;
+mod lifecycle;
+mod moving;
 mod paglet;
 mod pool;
 mod reload;
@@ -22,6 +24,8 @@ use serde_json::Value;
 use crate::registry::{ClassError, LoadedLib, Registry, unix_seconds};
 use crate::store::Record;
 pub use context::HostContext;
+pub use lifecycle::StatusFilter;
+pub use moving::{ArrivalAnswer, ArrivalBody, Net};
 pub use paglet::Paglet;
 pub use paglet::Replier;
 use paglet::{Job, QueueAt};
@@ -61,6 +65,40 @@ pub enum RuntimeError {
     /// The change happened but its write to the store failed (`sync` mode).
     #[error("{0}")]
     NotPersisted(String),
+    /// The paglet sleeps in the store; activate it first.
+    #[error("paglet '{0}' is inactive")]
+    Inactive(String),
+    /// A dispatch of the paglet is unsettled.
+    #[error("paglet '{0}' is being transferred and the outcome is not known yet; retry shortly")]
+    InDoubt(String),
+    /// The target host lacks the paglet's class.
+    #[error("{0}")]
+    ClassMissing(String),
+    /// The target host's code is not compatible, or cannot take the state.
+    #[error("{0}")]
+    Incompatible(String),
+    /// The target host cannot be reached; nothing was sent.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The request names something it cannot (this host as the target).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No mesh host by that name.
+    #[error("{0}")]
+    NoHost(String),
+    /// Another host answered with an error, relayed as it was.
+    #[error("{message}")]
+    Remote {
+        /// Its HTTP status.
+        status: u16,
+        /// Its error code.
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// The operation needs the store, and this runtime has none.
+    #[error("this host has no store to keep paglets in")]
+    NoStore,
 }
 
 /// The running paglets of one host.
@@ -80,6 +118,23 @@ pub struct Runtime {
     waiting: Mutex<durable::Waiting>,
     /// Saves states to the store, once one is attached.
     saver: OnceLock<Arc<durable::Saver>>,
+    /// Paglets sleeping in the store, by id: only what a listing shows.
+    inactive: Mutex<HashMap<String, lifecycle::Sleeper>>,
+    /// One activation at a time (a message and an activation may race for one paglet).
+    activating: Mutex<()>,
+    /// Oneway messages queued so far (their ids).
+    next_message: AtomicU64,
+    /// Talking to other hosts, once the async runtime is up.
+    net: OnceLock<moving::Net>,
+    /// Where paglets that left went, and until when that is said.
+    forwards: RwLock<HashMap<String, (String, f64)>>,
+    /// Transfers accepted here: their answers, by transfer id.
+    accepted: Mutex<HashMap<String, ArrivalAnswer>>,
+    /// One arrival at a time (a re-sent transfer must find the first one's record).
+    arriving: Mutex<()>,
+    /// Operations paglets asked for on themselves from a hook, before they were in the
+    /// table (`ctx.dispatch` in `arrived`); they run once they are.
+    deferred: Mutex<HashMap<String, Vec<(String, String)>>>,
     me: Weak<Runtime>,
 }
 
@@ -127,6 +182,7 @@ pub enum Origin {
 pub struct PagletSummary {
     id: String,
     class: String,
+    status: &'static str,
     created_at: f64,
     messages_handled: u64,
 }
@@ -136,13 +192,21 @@ pub struct PagletSummary {
 pub struct PagletDetail {
     id: String,
     class: String,
+    /// `active` or `inactive`.
+    status: &'static str,
     created_at: f64,
     messages_handled: u64,
     busy: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     state: Option<Value>,
-    generation: u64,
-    sha256: String,
+    /// The library generation it runs on (absent while inactive).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generation: Option<u64>,
+    /// The library file it runs on (absent while inactive).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
+    /// Oneway messages to it that failed since it was last loaded here.
+    oneway_failed: u64,
 }
 
 impl Runtime {
@@ -167,6 +231,14 @@ impl Runtime {
             shutting_down: AtomicBool::new(false),
             waiting: Mutex::default(),
             saver: OnceLock::new(),
+            inactive: Mutex::default(),
+            activating: Mutex::default(),
+            next_message: AtomicU64::new(1),
+            net: OnceLock::new(),
+            forwards: RwLock::default(),
+            accepted: Mutex::default(),
+            arriving: Mutex::default(),
+            deferred: Mutex::default(),
             me: me.clone(),
         }))
     }
@@ -196,9 +268,9 @@ impl Runtime {
         }
     }
 
-    /// True when a paglet with `id` is live.
+    /// True when a paglet with `id` is here: live, inactive, or waiting for its class.
     pub fn exists(&self, id: &str) -> bool {
-        self.paglet(id).is_ok() || self.is_waiting(id)
+        self.paglet(id).is_ok() || self.is_waiting(id) || self.is_inactive(id)
     }
 
     /// Number of live paglets.
@@ -263,7 +335,8 @@ impl Runtime {
     ) -> Result<String, RuntimeError> {
         // A stored paglet is restored from the waiting list, which holds its id.
         let taken = |paglets: &HashMap<String, Arc<Paglet>>| {
-            paglets.contains_key(&id) || (stored.is_none() && self.is_waiting(&id))
+            paglets.contains_key(&id)
+                || (stored.is_none() && (self.is_waiting(&id) || self.is_inactive(&id)))
         };
         if taken(&self.table()) {
             return Err(RuntimeError::Duplicate(id));
@@ -304,7 +377,11 @@ impl Runtime {
                 Some(_) => None,
             }
         };
-        self.created(id, commit)
+        let answer = self.created(id, commit);
+        if let Ok(id) = &answer {
+            self.run_deferred(id);
+        }
+        answer
     }
 
     fn fresh_id(&self, class: &str) -> String {
@@ -328,7 +405,14 @@ impl Runtime {
         args: String,
         reply: Replier<String>,
     ) -> Result<(), RuntimeError> {
-        let paglet = self.paglet(id)?;
+        let paglet = match self.paglet(id) {
+            Ok(paglet) => paglet,
+            Err(_) if self.is_inactive(id) => return Err(RuntimeError::Inactive(id.into())),
+            Err(e) => return Err(e),
+        };
+        if paglet.in_doubt.load(Ordering::Acquire) {
+            return Err(RuntimeError::InDoubt(id.into()));
+        }
         let job = Job::Message {
             kind: kind.into(),
             args,
@@ -356,6 +440,7 @@ impl Runtime {
             .remove(id);
         let paglet = match removed {
             Some(paglet) => paglet,
+            None if self.is_inactive(id) => return Err(RuntimeError::Inactive(id.into())),
             None if self.dispose_waiting(id, reply) => return Ok(()),
             None => return Err(RuntimeError::NoPaglet(id.into())),
         };
@@ -363,36 +448,44 @@ impl Runtime {
         Ok(())
     }
 
-    /// Every live paglet.
-    pub fn list(&self) -> Vec<PagletSummary> {
-        let mut list: Vec<_> = self
-            .table()
-            .values()
-            .map(|p| PagletSummary {
+    /// The paglets with a status `filter` lets through, by id.
+    pub fn list(&self, filter: StatusFilter) -> Vec<PagletSummary> {
+        let mut list: Vec<_> = Vec::new();
+        if filter.active() {
+            list.extend(self.table().values().map(|p| PagletSummary {
                 id: p.id.clone(),
                 class: p.class.clone(),
+                status: "active",
                 created_at: unix_seconds(p.created_at),
                 messages_handled: p.handled.load(Ordering::Relaxed),
-            })
-            .collect();
+            }));
+        }
+        if filter.inactive() {
+            list.extend(self.sleepers());
+        }
         list.sort_by(|a, b| a.id.cmp(&b.id));
         list
     }
 
     /// One paglet; never waits for a busy one.
     pub fn detail(&self, id: &str) -> Result<PagletDetail, RuntimeError> {
-        let paglet = self.paglet(id)?;
+        let paglet = match self.paglet(id) {
+            Ok(paglet) => paglet,
+            Err(e) => return self.sleeper_detail(id).ok_or(e),
+        };
         let state = paglet.try_state().transpose()?;
         let code = paglet.code();
         Ok(PagletDetail {
             id: paglet.id.clone(),
             class: paglet.class.clone(),
+            status: "active",
             created_at: unix_seconds(paglet.created_at),
             messages_handled: paglet.handled.load(Ordering::Relaxed),
             busy: state.is_none(),
             state,
-            generation: code.generation,
-            sha256: code.sha256.clone(),
+            generation: Some(code.generation),
+            sha256: Some(code.sha256.clone()),
+            oneway_failed: paglet.oneway_failed.load(Ordering::Relaxed),
         })
     }
 

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use plugin_api::loader::Instance;
@@ -72,7 +72,16 @@ pub enum Job {
     Dispose { reply: Replier<()> },
     /// Hand the state to the store (interval mode, when the paglet was busy).
     Checkpoint(Checkpoint),
+    /// A lifecycle operation (deactivate, dispatch, clone) run on the paglet's turn, after
+    /// the jobs queued before it, with its instance locked.
+    Task(Task),
 }
+
+/// A lifecycle operation: see [`Job::Task`].
+pub type Task = Box<dyn FnOnce(&Paglet, &mut Instance) + Send>;
+
+/// Where the jobs of a paglet that left go (another host, or the store).
+pub type Reroute = Arc<dyn Fn(Job) + Send + Sync>;
 
 /// How long [`Paglet::try_state`] waits for the instance lock while no job runs (well below
 /// the 100 ms a detail must answer in).
@@ -92,7 +101,7 @@ impl Job {
     fn lane(&self) -> Lane {
         match self {
             Job::Migrate { .. } | Job::Checkpoint(_) => Lane::Background,
-            Job::Message { .. } | Job::Dispose { .. } => Lane::Urgent,
+            Job::Message { .. } | Job::Dispose { .. } | Job::Task(_) => Lane::Urgent,
         }
     }
 }
@@ -150,6 +159,12 @@ pub struct Paglet {
     pub(super) saved_state: AtomicU64,
     /// Where its state is saved, when the host has a store.
     saver: Option<Arc<Saver>>,
+    /// Set once it left this host's memory (dispatched or deactivated): where its late jobs go.
+    departed: OnceLock<Reroute>,
+    /// A dispatch of it is unsettled: messages are refused until it is.
+    pub(super) in_doubt: AtomicBool,
+    /// Oneway messages to it that failed.
+    pub(super) oneway_failed: AtomicU64,
 }
 
 impl Paglet {
@@ -175,7 +190,30 @@ impl Paglet {
             dirty: AtomicBool::new(false),
             saved_state: AtomicU64::new(0),
             saver,
+            departed: OnceLock::new(),
+            in_doubt: AtomicBool::new(false),
+            oneway_failed: AtomicU64::new(0),
         }
+    }
+
+    /// Marks it gone from this host's memory: from now on its jobs go to `reroute` instead
+    /// of its instance, and nothing saves its state here any more. Returns the jobs queued
+    /// until now, for the caller to reroute in order.
+    pub fn depart(&self, reroute: Reroute) -> Vec<Job> {
+        let _ = self.departed.set(reroute);
+        self.disposed.store(true, Ordering::Release);
+        lock(&self.mailbox).queue.drain(..).collect()
+    }
+
+    /// Takes the messages queued behind the running job (a transfer in doubt answers them).
+    pub fn take_messages(&self) -> Vec<Job> {
+        let mut mailbox = lock(&self.mailbox);
+        let (messages, rest): (VecDeque<Job>, VecDeque<Job>) = mailbox
+            .queue
+            .drain(..)
+            .partition(|job| matches!(job, Job::Message { .. }));
+        mailbox.queue = rest;
+        messages.into()
     }
 
     /// True when the caller may run the next message on its own (HTTP) thread; see
@@ -333,6 +371,15 @@ impl Paglet {
 
     /// Runs one job now, on this thread.
     pub fn run(&self, job: Job) {
+        if let Some(reroute) = self.departed.get() {
+            match job {
+                Job::Message { .. } | Job::Dispose { .. } | Job::Task(_) => reroute(job),
+                // Its code and state live elsewhere now.
+                Job::Migrate { done, .. } => done.send(Ok(())),
+                Job::Checkpoint(_) => {}
+            }
+            return;
+        }
         self.busy.store(true, Ordering::Release);
         let mut instance = lock(&self.instance);
         match job {
@@ -387,6 +434,7 @@ impl Paglet {
                     save(self, &instance);
                 }
             }
+            Job::Task(task) => task(self, &mut instance),
         }
         drop(instance);
         self.busy.store(false, Ordering::Release);

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, params};
 
-use super::{Durability, Record, Status, StoreError};
+use super::{Direction, Durability, Extra, Forward, Moving, Record, Status, StoreError, Transfer};
 
 /// The schema's version, kept in SQLite's `user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// How long a statement waits for a lock held by another connection (there is none in
 /// normal running; a stray reader such as the `sqlite3` shell may hold one briefly).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,6 +33,20 @@ CREATE TABLE IF NOT EXISTS paglets (
     created_at       REAL NOT NULL,
     messages_handled INTEGER NOT NULL,
     queued           TEXT
+);
+CREATE TABLE IF NOT EXISTS transfers (
+    transfer_id TEXT PRIMARY KEY NOT NULL,
+    direction   TEXT NOT NULL CHECK (direction IN ('out', 'in')),
+    paglet_id   TEXT NOT NULL,
+    peer_name   TEXT NOT NULL,
+    peer_url    TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    at          REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS forwards (
+    paglet_id TEXT PRIMARY KEY NOT NULL,
+    url       TEXT NOT NULL,
+    until     REAL NOT NULL
 );";
 
 /// Checks an existing database file before SQLite touches it: a regular, readable file that
@@ -191,33 +205,80 @@ pub fn side_file(path: &Path, suffix: &str) -> std::path::PathBuf {
     path.with_file_name(name)
 }
 
+const SELECT_RECORD: &str = "SELECT id, class, state, state_version, library, library_version,
+    library_sha256, status, created_at, messages_handled, queued FROM paglets";
+
 /// Every record, in id order.
 pub fn load(conn: &Connection) -> rusqlite::Result<Vec<Record>> {
-    let mut stmt = conn.prepare(
-        "SELECT id, class, state, state_version, library, library_version, library_sha256,
-                status, created_at, messages_handled, queued
-         FROM paglets ORDER BY id",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(Record {
-            id: r.get(0)?,
-            class: r.get(1)?,
-            state: r.get(2)?,
-            state_version: r.get(3)?,
-            library: r.get(4)?,
-            library_version: r.get(5)?,
-            library_sha256: r.get(6)?,
-            status: if r.get_ref(7)?.as_str()? == "inactive" {
-                Status::Inactive
-            } else {
-                Status::Active
-            },
-            created_at: r.get(8)?,
-            messages_handled: r.get::<_, i64>(9)?.try_into().unwrap_or(0),
-            queued: r.get(10)?,
-        })
-    })?;
+    let mut stmt = conn.prepare(&format!("{SELECT_RECORD} ORDER BY id"))?;
+    let rows = stmt.query_map([], read_record)?;
     rows.collect()
+}
+
+/// The record of `id`, if stored.
+pub fn get(conn: &Connection, id: &str) -> rusqlite::Result<Option<Record>> {
+    let mut stmt = conn.prepare_cached(&format!("{SELECT_RECORD} WHERE id = ?1"))?;
+    let mut rows = stmt.query_map([id], read_record)?;
+    rows.next().transpose()
+}
+
+/// Every transfer and forward.
+pub fn load_moving(conn: &Connection) -> rusqlite::Result<Moving> {
+    let transfers = conn
+        .prepare(
+            "SELECT transfer_id, direction, paglet_id, peer_name, peer_url, body, at
+             FROM transfers ORDER BY at",
+        )?
+        .query_map([], |r| {
+            Ok(Transfer {
+                transfer_id: r.get(0)?,
+                direction: if r.get_ref(1)?.as_str()? == "out" {
+                    Direction::Out
+                } else {
+                    Direction::In
+                },
+                paglet_id: r.get(2)?,
+                peer_name: r.get(3)?,
+                peer_url: r.get(4)?,
+                body: r.get(5)?,
+                at: r.get(6)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let forwards = conn
+        .prepare("SELECT paglet_id, url, until FROM forwards")?
+        .query_map([], |r| {
+            Ok(Forward {
+                paglet_id: r.get(0)?,
+                url: r.get(1)?,
+                until: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Moving {
+        transfers,
+        forwards,
+    })
+}
+
+fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    Ok(Record {
+        id: r.get(0)?,
+        class: r.get(1)?,
+        state: r.get(2)?,
+        state_version: r.get(3)?,
+        library: r.get(4)?,
+        library_version: r.get(5)?,
+        library_sha256: r.get(6)?,
+        status: if r.get_ref(7)?.as_str()? == "inactive" {
+            Status::Inactive
+        } else {
+            Status::Active
+        },
+        created_at: r.get(8)?,
+        messages_handled: r.get::<_, i64>(9)?.try_into().unwrap_or(0),
+        queued: r.get(10)?,
+    })
 }
 
 /// One batch: the latest change per id (`None` removes), then, when `keep` is given, every
@@ -225,9 +286,47 @@ pub fn load(conn: &Connection) -> rusqlite::Result<Vec<Record>> {
 pub fn apply(
     conn: &mut Connection,
     changes: &HashMap<String, Option<Record>>,
+    extras: &[Extra],
     keep: Option<&std::collections::HashSet<String>>,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
+    for extra in extras {
+        match extra {
+            Extra::PutTransfer(t) => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO transfers
+                        (transfer_id, direction, paglet_id, peer_name, peer_url, body, at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![
+                    t.transfer_id,
+                    match t.direction {
+                        Direction::Out => "out",
+                        Direction::In => "in",
+                    },
+                    t.paglet_id,
+                    t.peer_name,
+                    t.peer_url,
+                    t.body,
+                    t.at,
+                ])?;
+            }
+            Extra::RemoveTransfer(id) => {
+                tx.prepare_cached("DELETE FROM transfers WHERE transfer_id = ?1")?
+                    .execute([id])?;
+            }
+            Extra::PutForward(f) => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO forwards (paglet_id, url, until) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![f.paglet_id, f.url, f.until])?;
+            }
+            Extra::RemoveForward(id) => {
+                tx.prepare_cached("DELETE FROM forwards WHERE paglet_id = ?1")?
+                    .execute([id])?;
+            }
+        }
+    }
     {
         let mut put = tx.prepare_cached(
             "INSERT OR REPLACE INTO paglets (id, class, state, state_version, library,

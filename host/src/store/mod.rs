@@ -84,6 +84,69 @@ pub struct Record {
     pub queued: Option<String>,
 }
 
+/// A transfer of a moving paglet, as the store keeps it until it is settled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transfer {
+    /// The transfer id (the key).
+    pub transfer_id: String,
+    /// `out`: this host sends the paglet (a departing record, kept until the target
+    /// accepted or refused it); `in`: this host accepted it (kept so a re-send is answered
+    /// "already accepted").
+    pub direction: Direction,
+    /// The paglet's id.
+    pub paglet_id: String,
+    /// The other host's mesh name, when known.
+    pub peer_name: String,
+    /// The other host's URL.
+    pub peer_url: String,
+    /// `out`: the whole arrival body as sent (JSON text), re-sent as it is; `in`: the answer.
+    pub body: String,
+    /// When it was recorded, Unix seconds.
+    pub at: f64,
+}
+
+/// Which way a [`Transfer`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Sent from this host.
+    Out,
+    /// Accepted by this host.
+    In,
+}
+
+/// Where a paglet that left this host went, kept for `--forward-ttl`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forward {
+    /// The paglet's id (the key).
+    pub paglet_id: String,
+    /// The URL of the host it went to.
+    pub url: String,
+    /// Until when requests for it are forwarded, Unix seconds.
+    pub until: f64,
+}
+
+/// A change besides paglet records, committed in the same transaction as them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Extra {
+    /// Records a transfer.
+    PutTransfer(Transfer),
+    /// Forgets a transfer.
+    RemoveTransfer(String),
+    /// Records a forward.
+    PutForward(Forward),
+    /// Forgets the forward of a paglet id.
+    RemoveForward(String),
+}
+
+/// What a store held at open besides paglet records.
+#[derive(Debug, Clone, Default)]
+pub struct Moving {
+    /// Unsettled and accepted transfers.
+    pub transfers: Vec<Transfer>,
+    /// Forwards, expired ones included (the caller drops those).
+    pub forwards: Vec<Forward>,
+}
+
 /// Why the store failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -152,6 +215,8 @@ impl Persistence {
 pub struct Store {
     writer: Mutex<Option<Writer>>,
     degraded: Arc<Mutex<Option<String>>>,
+    /// Transfers and forwards read at open, until the runtime takes them.
+    moving: Mutex<Option<Moving>>,
 }
 
 impl Store {
@@ -165,6 +230,10 @@ impl Store {
             path: path.clone(),
             reason: e.to_string(),
         })?;
+        let moving = db::load_moving(&conn).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         let degraded = Arc::new(Mutex::new(None));
         let writer = Writer::spawn(conn, path.clone(), degraded.clone())
             .map_err(|e| StoreError::io(&path, e))?;
@@ -172,6 +241,7 @@ impl Store {
             Store {
                 writer: Mutex::new(Some(writer)),
                 degraded,
+                moving: Mutex::new(Some(moving)),
             },
             records,
         ))
@@ -208,6 +278,47 @@ impl Store {
             record: None,
             done,
         });
+    }
+
+    /// The transfers and forwards stored at open (once; later calls get none).
+    pub fn take_moving(&self) -> Moving {
+        lock(&self.moving).take().unwrap_or_default()
+    }
+
+    /// Queues record changes (`None` removes) and other changes to commit in one
+    /// transaction; `done` (if any) runs once they committed or failed.
+    pub fn change(
+        &self,
+        records: Vec<(String, Option<Record>)>,
+        extras: Vec<Extra>,
+        done: Option<Done>,
+    ) {
+        self.submit(Request::Atomic {
+            records,
+            extras,
+            done,
+        });
+    }
+
+    /// Like [`change`](Store::change), waiting for the commit.
+    pub fn change_and_wait(
+        &self,
+        records: Vec<(String, Option<Record>)>,
+        extras: Vec<Extra>,
+    ) -> Result<(), StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.change(records, extras, Some(Box::new(move |r| drop(tx.send(r)))));
+        rx.recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Reads the record of `id` as it will be once what is queued committed.
+    pub fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.submit(Request::Get {
+            id: id.into(),
+            done: Box::new(move |r| drop(tx.send(r))),
+        });
+        rx.recv().unwrap_or(Err(StoreError::Closed))
     }
 
     /// Writes `records` in one batch, with every record not in `keep` removed, and waits for

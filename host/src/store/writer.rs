@@ -12,7 +12,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::Connection;
 
-use super::{Record, StoreError, db};
+use super::{Extra, Record, StoreError, db};
 use crate::runtime::lock;
 
 /// How often a failed write is tried again while nothing new arrives.
@@ -35,6 +35,17 @@ pub enum Request {
         keep: Option<HashSet<String>>,
         done: Done,
     },
+    /// Record changes and other changes, in one transaction.
+    Atomic {
+        records: Vec<(String, Option<Record>)>,
+        extras: Vec<Extra>,
+        done: Option<Done>,
+    },
+    /// Read one record, pending changes included.
+    Get {
+        id: String,
+        done: Box<dyn FnOnce(Result<Option<Record>, StoreError>) + Send>,
+    },
     /// Commit what is pending and stop.
     Stop,
     /// Run SQL on the connection (tests stage faults this way).
@@ -46,8 +57,11 @@ impl Request {
     /// Answers the request's waiter with `error` without writing anything.
     pub fn fail(self, error: StoreError) {
         match self {
-            Request::Change { done: Some(d), .. } => d(Err(error)),
+            Request::Change { done: Some(d), .. } | Request::Atomic { done: Some(d), .. } => {
+                d(Err(error))
+            }
             Request::Batch { done, .. } => done(Err(error)),
+            Request::Get { done, .. } => done(Err(error)),
             _ => {}
         }
     }
@@ -75,6 +89,7 @@ impl Writer {
                     path,
                     degraded,
                     changes: HashMap::new(),
+                    extras: Vec::new(),
                     keep: None,
                     waiters: Vec::new(),
                 }
@@ -106,6 +121,8 @@ struct Group {
     degraded: Arc<Mutex<Option<String>>>,
     /// The latest change per id not yet committed.
     changes: HashMap<String, Option<Record>>,
+    /// Transfer and forward changes not yet committed, in order.
+    extras: Vec<Extra>,
     /// Ids to keep when a batch asked to remove the others.
     keep: Option<HashSet<String>>,
     waiters: Vec<Done>,
@@ -115,7 +132,7 @@ impl Group {
     fn run(mut self, rx: &Receiver<Request>) {
         let mut stopping = false;
         while !stopping {
-            let first = if self.changes.is_empty() && self.keep.is_none() {
+            let first = if self.is_clean() {
                 rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
             } else {
                 rx.recv_timeout(RETRY)
@@ -131,7 +148,7 @@ impl Group {
             }
             self.commit();
         }
-        if !self.changes.is_empty() || self.keep.is_some() {
+        if !self.is_clean() {
             tracing::error!(
                 database = %self.path.display(),
                 changes = self.changes.len(),
@@ -146,9 +163,34 @@ impl Group {
         }
     }
 
+    /// True when nothing waits to be committed.
+    fn is_clean(&self) -> bool {
+        self.changes.is_empty() && self.extras.is_empty() && self.keep.is_none()
+    }
+
     /// Adds a request to the group; true for `Stop`.
     fn absorb(&mut self, request: Request) -> bool {
         match request {
+            Request::Atomic {
+                records,
+                extras,
+                done,
+            } => {
+                for (id, record) in records {
+                    if let (Some(keep), Some(_)) = (self.keep.as_mut(), &record) {
+                        keep.insert(id.clone());
+                    }
+                    self.changes.insert(id, record);
+                }
+                self.extras.extend(extras);
+                self.waiters.extend(done);
+            }
+            Request::Get { id, done } => match self.changes.get(&id) {
+                Some(pending) => done(Ok(pending.clone())),
+                None => {
+                    done(db::get(&self.conn, &id).map_err(|e| StoreError::Write(e.to_string())))
+                }
+            },
             Request::Change { id, record, done } => {
                 if let (Some(keep), Some(_)) = (self.keep.as_mut(), &record) {
                     keep.insert(id.clone());
@@ -185,13 +227,19 @@ impl Group {
     }
 
     fn commit(&mut self) {
-        if self.changes.is_empty() && self.keep.is_none() {
+        if self.is_clean() {
             self.answer(Ok(()));
             return;
         }
-        match db::apply(&mut self.conn, &self.changes, self.keep.as_ref()) {
+        match db::apply(
+            &mut self.conn,
+            &self.changes,
+            &self.extras,
+            self.keep.as_ref(),
+        ) {
             Ok(()) => {
                 self.changes.clear();
+                self.extras.clear();
                 self.keep = None;
                 if lock(&self.degraded).take().is_some() {
                     tracing::info!(database = %self.path.display(), "writes succeed again");
