@@ -192,7 +192,7 @@ fn a_truncated_library_is_refused_before_dlopen_and_retryable() {
 #[test]
 fn the_previous_abi_version_is_refused_in_one_line_with_both_numbers() {
     assert_eq!(
-        PAGLETS_ABI, 2,
+        PAGLETS_ABI, 3,
         "the old-abi fixture declares the version before this one"
     );
     let err = refused(&old_abi());
@@ -200,7 +200,7 @@ fn the_previous_abi_version_is_refused_in_one_line_with_both_numbers() {
         matches!(
             err,
             LoadError::IncompatibleAbi {
-                found: 1,
+                found: 2,
                 expected: PAGLETS_ABI,
                 ..
             }
@@ -210,7 +210,7 @@ fn the_previous_abi_version_is_refused_in_one_line_with_both_numbers() {
     let text = err.to_string();
     assert!(!text.contains('\n'), "one line: {text}");
     assert!(
-        text.contains("built against paglets ABI 1, this host speaks ABI 2"),
+        text.contains("built against paglets ABI 2, this host speaks ABI 3"),
         "{text}"
     );
 }

@@ -35,7 +35,7 @@ fn broken_files_are_reported_and_the_good_libraries_load() {
         ("libcut.so", "truncated"),
         (
             "libold_abi.so",
-            "built against paglets ABI 1, this host speaks ABI 2",
+            "built against paglets ABI 2, this host speaks ABI 3",
         ),
         (
             "libzz_dup_counter.so",

@@ -38,7 +38,7 @@ fn health_classes_and_libraries_describe_the_loaded_examples() {
         ("mesh_version", json!("m1")),
         ("peers", json!(["http://127.0.0.1:9"])),
         ("code_version", json!("m1")),
-        ("abi_version", json!(2)),
+        ("abi_version", json!(3)),
         ("auto_update_from_git", json!(false)),
         ("git_update", Value::Null),
     ] {
