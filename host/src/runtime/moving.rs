@@ -211,6 +211,15 @@ impl Net {
         }
     }
 
+    /// True when `url` is on a current mesh member (or this host).
+    fn is_member_url(&self, url: &str) -> bool {
+        self.mesh.hosts().iter().any(|h| {
+            let base = h.url.trim_end_matches('/');
+            url.strip_prefix(base)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    }
+
     /// Posts an arrival body to `url` and reads the answer.
     async fn post_arrival(&self, url: &str, body: String) -> Outcome {
         let sent = self
@@ -253,8 +262,16 @@ impl Net {
         timeout: Duration,
     ) -> Result<(u16, bytes::Bytes), RuntimeError> {
         let mut target = format!("{url}{path}");
-        for _ in 0..=MAX_HOPS {
-            let mut request = self.request(method.clone(), &target).timeout(timeout);
+        for hop in 0..=MAX_HOPS {
+            // The key goes to the host asked first (a paglet was sent there, or it is a mesh
+            // member) and, on a redirect, only to current mesh members.
+            let trusted = hop == 0 || self.is_member_url(&target);
+            let mut request = if trusted {
+                self.request(method.clone(), &target)
+            } else {
+                self.client.request(method.clone(), &target)
+            }
+            .timeout(timeout);
             if let Some(body) = &body {
                 request = request
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -475,7 +492,10 @@ impl Runtime {
             .store()
             .change_and_wait(Vec::new(), vec![Extra::PutTransfer(transfer.clone())])
             .map_err(not_persisted)?;
-        match block_on(&net.handle, net.post_arrival(&target.url, text)) {
+        paglet.departing.store(true, Ordering::Release);
+        let outcome = block_on(&net.handle, net.post_arrival(&target.url, text));
+        let _departing = Departing(paglet);
+        match outcome {
             Outcome::Accepted(answer) => {
                 self.departed(paglet, &transfer.transfer_id, &answer.url);
                 tracing::info!(paglet = %paglet.id, to = %answer.host, url = %answer.url, "dispatched");
@@ -825,7 +845,7 @@ impl Runtime {
         let lib = self.registry().class(&moved.class).map_err(|e| {
             RuntimeError::ClassMissing(format!("host '{}' cannot take {id}: {e}", self.host_name))
         })?;
-        if self.exists(&id) {
+        if self.exists(&id) && !self.left_meanwhile(&id) {
             return Err(RuntimeError::Duplicate(id));
         }
         if !moved.state.is_object() {
@@ -876,6 +896,30 @@ impl Runtime {
         Ok(())
     }
 
+    /// True when paglet `id`, here and being dispatched, left within the transfer timeout: a
+    /// paglet that turns round at once (its `arrived` dispatches it back) may come back
+    /// before this host read the answer that it arrived there.
+    fn left_meanwhile(&self, id: &str) -> bool {
+        let Ok(paglet) = self.paglet(id) else {
+            return !self.exists(id);
+        };
+        if !paglet.departing.load(Ordering::Acquire) {
+            return false;
+        }
+        let timeout = self
+            .net
+            .get()
+            .map_or(Duration::from_secs(5), |n| n.transfer_timeout);
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if !paglet.departing.load(Ordering::Acquire) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.paglet(id).is_err() && !self.exists(id)
+    }
+
     /// Asks the host `from` to dispatch paglet `id` here (`retract`).
     pub async fn retract(&self, id: &str, from: Target) -> Result<ArrivalAnswer, RuntimeError> {
         let net = self.net()?;
@@ -894,6 +938,15 @@ impl Runtime {
             url: net.url.clone(),
             accepted: "new".into(),
         })
+    }
+}
+
+/// Clears a paglet's `departing` flag when its send is over, whatever the outcome.
+struct Departing<'a>(&'a Paglet);
+
+impl Drop for Departing<'_> {
+    fn drop(&mut self) {
+        self.0.departing.store(false, Ordering::Release);
     }
 }
 

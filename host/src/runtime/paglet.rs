@@ -163,6 +163,8 @@ pub struct Paglet {
     departed: OnceLock<Reroute>,
     /// A dispatch of it is unsettled: messages are refused until it is.
     pub(super) in_doubt: AtomicBool,
+    /// A dispatch of it is waiting for the target's answer.
+    pub(super) departing: AtomicBool,
     /// Oneway messages to it that failed.
     pub(super) oneway_failed: AtomicU64,
 }
@@ -192,6 +194,7 @@ impl Paglet {
             saver,
             departed: OnceLock::new(),
             in_doubt: AtomicBool::new(false),
+            departing: AtomicBool::new(false),
             oneway_failed: AtomicU64::new(0),
         }
     }
