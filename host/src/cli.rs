@@ -24,14 +24,24 @@ pub enum Command {
     Discover(DiscoverArgs),
     /// List the classes a running host can create.
     Classes(ClientArgs),
-    /// List the live paglets of a running host.
-    List(ClientArgs),
+    /// List a running host's paglets (the active ones unless --status says otherwise).
+    List(ListArgs),
     /// Create a paglet on a running host.
     Create(CreateArgs),
     /// Send a message to a paglet and print its reply.
     Send(SendArgs),
     /// Dispose of a paglet.
-    Dispose(DisposeArgs),
+    Dispose(PagletArgs),
+    /// Move a paglet to another host (a mesh host name or a URL).
+    Dispatch(DispatchArgs),
+    /// Copy a paglet, on the same host or onto another one.
+    Clone(CloneArgs),
+    /// Bring a paglet here from another host (a mesh host name or a URL).
+    Retract(RetractArgs),
+    /// Store a paglet and free it; a message or `paglets activate` wakes it.
+    Deactivate(PagletArgs),
+    /// Wake an inactive paglet.
+    Activate(PagletArgs),
     /// Show a running host's health.
     Health(ClientArgs),
     /// List the hosts of a running host's mesh: name, URL, state, compatibility.
@@ -176,7 +186,7 @@ pub struct ClientArgs {
     #[arg(long, env = "PAGLETS_HOST", default_value = "http://127.0.0.1:8765")]
     pub host: String,
     /// Seconds to wait for the answer; 0 waits as long as it takes
-    /// [default: none for send, 30 for the others].
+    /// [default: none for send without --oneway, 30 for the others].
     #[arg(long)]
     pub timeout: Option<u64>,
     /// Read the API key from this environment variable instead of PAGLETS_API_KEY.
@@ -202,6 +212,41 @@ pub struct CreateArgs {
     pub client: ClientArgs,
 }
 
+/// `paglets list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Which paglets to list, by status [default: active].
+    #[arg(long, value_enum)]
+    pub status: Option<StatusFilter>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// The statuses `paglets list --status` selects (`GET /paglets?status=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFilter {
+    /// Running paglets.
+    Active,
+    /// Paglets stored by a deactivation.
+    Inactive,
+    /// Paglets the host stopped running.
+    Quarantined,
+    /// Every paglet, whatever its status.
+    All,
+}
+
+impl StatusFilter {
+    /// The filter as the host's query parameter spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StatusFilter::Active => "active",
+            StatusFilter::Inactive => "inactive",
+            StatusFilter::Quarantined => "quarantined",
+            StatusFilter::All => "all",
+        }
+    }
+}
+
 /// `paglets send`.
 #[derive(Debug, Args)]
 pub struct SendArgs {
@@ -212,6 +257,45 @@ pub struct SendArgs {
     /// Arguments (JSON).
     #[arg(long)]
     pub args: Option<String>,
+    /// Queue the message and print its id instead of waiting for the reply.
+    #[arg(long)]
+    pub oneway: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `paglets dispatch`.
+#[derive(Debug, Args)]
+pub struct DispatchArgs {
+    /// The paglet's id.
+    pub id: String,
+    /// Where it goes: a mesh host's name or a host's URL.
+    pub to: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `paglets clone`.
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    /// The id of the paglet to copy.
+    pub id: String,
+    /// Where the copy goes: a mesh host's name or a host's URL [default: the same host].
+    pub to: Option<String>,
+    /// The copy's id (the target host picks one otherwise).
+    #[arg(long = "id", value_name = "NEW_ID")]
+    pub new_id: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `paglets retract`.
+#[derive(Debug, Args)]
+pub struct RetractArgs {
+    /// The paglet's id.
+    pub id: String,
+    /// The host it is on now: a mesh host's name or a host's URL.
+    pub from: String,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -228,9 +312,9 @@ pub struct UpdateArgs {
     pub client: ClientArgs,
 }
 
-/// `paglets dispose`.
+/// `paglets dispose`, `deactivate` and `activate`: one paglet.
 #[derive(Debug, Args)]
-pub struct DisposeArgs {
+pub struct PagletArgs {
     /// The paglet's id.
     pub id: String,
     #[command(flatten)]

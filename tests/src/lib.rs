@@ -7,6 +7,7 @@
 //!   every test gets its own files).
 //! - [`fixture`] builds the misbehaving test libraries in `tests/fixtures/` once, into their
 //!   own target dir.
+//! - [`redirect::Redirector`] answers everything with 308, like a host a paglet has left.
 //!
 //! The binary and the examples come from `cargo build --workspace`, which the README's test
 //! command runs first.
@@ -21,6 +22,7 @@ use serde_json::Value;
 
 pub mod git;
 pub mod mesh;
+pub mod redirect;
 
 /// How long anything in a test may take before it counts as hung.
 pub const DEADLINE: Duration = Duration::from_secs(30);

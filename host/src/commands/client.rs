@@ -1,17 +1,19 @@
 //! The client commands: `classes`, `list`, `create`, `send`, `dispose`, `health`, `mesh`,
-//! `update`. Each is one HTTP call to a running host, printed as a table or, with `--json`,
-//! as JSON.
+//! `update`, and the HTTP call they share with `moving.rs`. Each is one HTTP call to a
+//! running host (following a moved paglet's redirects), printed as a table or, with
+//! `--json`, as JSON.
 
 use std::time::Duration;
 
 use anyhow::anyhow;
-use reqwest::Method;
-use reqwest::blocking::Client;
-use reqwest::header::CONTENT_TYPE;
+use reqwest::blocking::{Client, Response};
+use reqwest::header::{CONTENT_TYPE, LOCATION};
+use reqwest::redirect::Policy;
+use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 
 use super::{CommandResult, Exit, Failure};
-use crate::cli::{ClientArgs, CreateArgs, DisposeArgs, SendArgs, UpdateArgs};
+use crate::cli::{ClientArgs, CreateArgs, ListArgs, PagletArgs, SendArgs, UpdateArgs};
 
 fn api_key(args: &ClientArgs) -> Result<Option<String>, Failure> {
     crate::config::api_key(args.api_key_env.as_deref()).map_err(|e| Failure::Usage(e.0))
@@ -19,7 +21,7 @@ fn api_key(args: &ClientArgs) -> Result<Option<String>, Failure> {
 
 /// How long a command waits for its answer unless `--timeout` says otherwise.
 #[derive(Debug, Clone, Copy)]
-enum Wait {
+pub(super) enum Wait {
     /// A bounded call (listing, creating, disposing).
     Bounded,
     /// A message, which runs as long as the paglet's handler does.
@@ -45,7 +47,7 @@ pub fn base_url(host: &str) -> String {
 /// A paglet id as one URL path segment: every byte outside `A-Z a-z 0-9 - . _ ~`
 /// percent-encoded, so an id can never name another route. `.` and `..` cannot travel in a
 /// URL at all (clients and servers resolve them), and are never ids.
-fn id_segment(id: &str) -> Result<String, Failure> {
+pub(super) fn id_segment(id: &str) -> Result<String, Failure> {
     if id == "." || id == ".." {
         return Err(Failure::Usage(format!(
             "invalid paglet id '{id}': {}",
@@ -63,9 +65,14 @@ fn id_segment(id: &str) -> Result<String, Failure> {
     Ok(segment)
 }
 
+/// How many redirects one command follows: a paglet that moved answers 308 on its old host,
+/// and may have moved on since.
+const MAX_REDIRECTS: usize = 3;
+
 /// One call; a 2xx answer's JSON (or `null` for 204), anything else a failure with the
-/// host's message.
-fn call(
+/// host's message. A 307 or 308 (a paglet that moved) is followed here, up to
+/// [`MAX_REDIRECTS`] times, with the same method, body and API key.
+pub(super) fn call(
     args: &ClientArgs,
     wait: Wait,
     method: Method,
@@ -73,7 +80,6 @@ fn call(
     body: Option<Value>,
 ) -> Result<Value, Failure> {
     let base = base_url(&args.host);
-    let url = format!("{base}{path}");
     let timeout = match (args.timeout, wait) {
         (Some(0), _) | (None, Wait::AsLongAsItTakes) => None,
         (Some(seconds), _) => Some(Duration::from_secs(seconds)),
@@ -82,23 +88,82 @@ fn call(
     let client = Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(timeout)
+        // reqwest drops `Authorization` on a redirect to another host or port, so a moved
+        // paglet on a keyed host would answer 401: redirects are followed below instead.
+        .redirect(Policy::none())
         .build()
         .map_err(|e| anyhow!("cannot build an HTTP client: {e}"))?;
-    let is_post = method == Method::POST;
-    let mut request = client.request(method, &url);
-    if let Some(key) = api_key(args)? {
+    let key = api_key(args)?;
+    let mut url = Url::parse(&format!("{base}{path}"))
+        .map_err(|e| Failure::Usage(format!("--host {base} is not a usable URL: {e}")))?;
+    let mut redirects = 0;
+    loop {
+        let response =
+            send_once(&client, &method, &url, key.as_deref(), body.as_ref()).map_err(|e| {
+                let tried = if redirects == 0 {
+                    base.clone()
+                } else {
+                    url.origin().ascii_serialization()
+                };
+                unreachable(&tried, timeout, &e)
+            })?;
+        let status = response.status();
+        if status == StatusCode::PERMANENT_REDIRECT || status == StatusCode::TEMPORARY_REDIRECT {
+            let next = redirect_target(&url, &response)?;
+            if redirects == MAX_REDIRECTS {
+                return Err(anyhow!(
+                    "{url} redirects to {next}, past the {MAX_REDIRECTS} redirects a command follows"
+                )
+                .into());
+            }
+            redirects += 1;
+            url = next;
+            continue;
+        }
+        return answer(&url, response);
+    }
+}
+
+/// One request: the API key, and for a POST the JSON content type, on every one.
+fn send_once(
+    client: &Client,
+    method: &Method,
+    url: &Url,
+    key: Option<&str>,
+    body: Option<&Value>,
+) -> reqwest::Result<Response> {
+    let mut request = client.request(method.clone(), url.clone());
+    if let Some(key) = key {
         request = request.bearer_auth(key);
     }
-    if is_post {
+    if method == Method::POST {
         // Every POST says it is JSON, body or not: the host refuses anything else.
         request = request.header(CONTENT_TYPE, "application/json");
     }
     if let Some(body) = body {
         request = request.body(body.to_string());
     }
-    let response = request
-        .send()
-        .map_err(|e| unreachable(&base, timeout, &e))?;
+    request.send()
+}
+
+/// Where a redirect points: its `Location`, relative to the URL that answered.
+fn redirect_target(url: &Url, response: &Response) -> Result<Url, Failure> {
+    let location = response
+        .headers()
+        .get(LOCATION)
+        .and_then(|value| value.to_str().ok())
+        .ok_or_else(|| {
+            anyhow!(
+                "{url} answered {} without a usable Location header",
+                response.status().as_u16()
+            )
+        })?;
+    url.join(location)
+        .map_err(|e| anyhow!("{url} redirects to '{location}', which is not a URL: {e}").into())
+}
+
+/// A final answer: its JSON (or `null` when empty) on success, else the host's error.
+fn answer(url: &Url, response: Response) -> Result<Value, Failure> {
     let status = response.status();
     let text = response
         .text()
@@ -143,7 +208,11 @@ fn parse_json(flag: &str, text: Option<&str>) -> Result<Option<Value>, Failure> 
     .transpose()
 }
 
-fn print(json: bool, value: &Value, table: impl FnOnce(&Value) -> String) -> CommandResult {
+pub(super) fn print(
+    json: bool,
+    value: &Value,
+    table: impl FnOnce(&Value) -> String,
+) -> CommandResult {
     if json {
         println!(
             "{}",
@@ -197,10 +266,14 @@ pub fn classes(args: ClientArgs) -> CommandResult {
 }
 
 /// The top-level entry point for `paglets list`.
-pub fn list(args: ClientArgs) -> CommandResult {
-    let value = call(&args, Wait::Bounded, Method::GET, "/paglets", None)?;
-    print(args.json, &value, |v| {
-        rows(v, &["id", "class", "messages_handled"])
+pub fn list(args: ListArgs) -> CommandResult {
+    let path = match args.status {
+        Some(status) => format!("/paglets?status={}", status.name()),
+        None => "/paglets".to_string(),
+    };
+    let value = call(&args.client, Wait::Bounded, Method::GET, &path, None)?;
+    print(args.client.json, &value, |v| {
+        rows(v, &["id", "class", "status", "messages_handled"])
     })
 }
 
@@ -220,27 +293,33 @@ pub fn create(args: CreateArgs) -> CommandResult {
     })
 }
 
-/// The top-level entry point for `paglets send`.
+/// The top-level entry point for `paglets send`: waits for the reply and prints it, or with
+/// `--oneway` prints the id of the queued message.
 pub fn send(args: SendArgs) -> CommandResult {
-    let body = json!({"kind": args.kind, "args": parse_json("--args", args.args.as_deref())?});
+    let mut body = json!({"kind": args.kind, "args": parse_json("--args", args.args.as_deref())?});
+    // A oneway message is answered once queued, so its wait is bounded like a listing's.
+    let wait = if args.oneway {
+        body["oneway"] = json!(true);
+        Wait::Bounded
+    } else {
+        Wait::AsLongAsItTakes
+    };
     let path = format!("/paglets/{}/messages", id_segment(&args.id)?);
-    let value = call(
-        &args.client,
-        Wait::AsLongAsItTakes,
-        Method::POST,
-        &path,
-        Some(body),
-    )?;
+    let value = call(&args.client, wait, Method::POST, &path, Some(body))?;
     print(args.client.json, &value, |v| {
-        format!(
-            "{}\n",
-            serde_json::to_string_pretty(&v["reply"]).unwrap_or_default()
-        )
+        if args.oneway {
+            format!("{}\n", v["message_id"].as_str().unwrap_or_default())
+        } else {
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(&v["reply"]).unwrap_or_default()
+            )
+        }
     })
 }
 
 /// The top-level entry point for `paglets dispose`.
-pub fn dispose(args: DisposeArgs) -> CommandResult {
+pub fn dispose(args: PagletArgs) -> CommandResult {
     let path = format!("/paglets/{}", id_segment(&args.id)?);
     call(&args.client, Wait::Bounded, Method::DELETE, &path, None)?;
     if !args.client.json {

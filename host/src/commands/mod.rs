@@ -3,6 +3,7 @@
 pub mod client;
 pub mod discover;
 pub mod host;
+pub mod moving;
 
 /// How a command ended, as an exit code: 0 ok, 1 failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
