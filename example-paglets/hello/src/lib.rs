@@ -2,7 +2,9 @@
 //!
 //! `Hello` (state `{"greeting": "Hello", "greeted": <u64>}`) answers `greet` (optional
 //! `args.name`, default `"world"`) with `{"message": "Hello, world!"}`, `echo` with its args,
-//! `forward {to, kind, args?}` with `{"from": to, "reply": ...}` after sending the message on,
+//! `forward {to, kind, args?, times?}` with `{"from": to, "reply": ..., "sent": n}` after
+//! sending the message on (`times` times, default once: the benchmark of paglet-to-paglet
+//! sends uses it),
 //! `whoami` with `{"id", "class", "host"}` and `spawn {class, state?, id?}` with `{"id": new_id}`.
 //! `Echo` (state `{"echoed": <u64>}`) answers `echo` with its args. Other kinds are not handled.
 
@@ -48,6 +50,13 @@ struct Forward {
     kind: String,
     #[serde(default)]
     args: Value,
+    /// How many times to send it (default once); the last reply is returned.
+    #[serde(default = "once")]
+    times: u64,
+}
+
+fn once() -> u64 {
+    1
 }
 
 /// The arguments of `spawn`.
@@ -74,9 +83,17 @@ impl Paglet for Hello {
             }
             "echo" => Ok(Reply(msg.args)),
             "forward" => {
-                let Forward { to, kind, args } = msg.args()?;
-                let reply = ctx.send(&to, &kind, args)?;
-                Reply::new(json!({ "from": to, "reply": reply }))
+                let Forward {
+                    to,
+                    kind,
+                    args,
+                    times,
+                } = msg.args()?;
+                let mut reply = Value::Null;
+                for _ in 0..times {
+                    reply = ctx.send(&to, &kind, &args)?;
+                }
+                Reply::new(json!({ "from": to, "reply": reply, "sent": times }))
             }
             "whoami" => Reply::new(json!({
                 "id": ctx.id(),
@@ -186,9 +203,15 @@ mod tests {
         let forward = json!({"to": echo, "kind": "echo", "args": {"x": 1}});
         assert_eq!(
             test.send(&hello, "forward", forward),
-            Ok(json!({"from": "echo-1", "reply": {"x": 1}}))
+            Ok(json!({"from": "echo-1", "reply": {"x": 1}, "sent": 1}))
         );
         assert_eq!(test.state(&echo), Ok(json!({"echoed": 1})));
+        let three = json!({"to": echo, "kind": "echo", "args": {"x": 2}, "times": 3});
+        assert_eq!(
+            test.send(&hello, "forward", three),
+            Ok(json!({"from": "echo-1", "reply": {"x": 2}, "sent": 3}))
+        );
+        assert_eq!(test.state(&echo), Ok(json!({"echoed": 4})));
         let to_self = json!({"to": hello, "kind": "greet"});
         let err = test.send(&hello, "forward", to_self);
         assert!(

@@ -44,7 +44,7 @@ fn the_built_library_greets_and_forwards() {
             "forward",
             json!({"to": "echo", "kind": "echo", "args": [1, 2]})
         ),
-        Ok(json!({"from": "echo", "reply": [1, 2]}))
+        Ok(json!({"from": "echo", "reply": [1, 2], "sent": 1}))
     );
     assert!(
         test.send(&hello, "forward", json!({"to": hello, "kind": "greet"}))
