@@ -14,3 +14,4 @@ mod mesh;
 mod messaging;
 mod reload;
 mod state_evolution;
+mod traveller;
