@@ -185,7 +185,7 @@ impl Shared {
         instances
             .get(id)
             .cloned()
-            .ok_or_else(|| PagletError::Failed(format!("no paglet {id}")))
+            .ok_or_else(|| PagletError::NotFound(format!("no paglet with id '{id}'")))
     }
 
     fn send_raw(&self, to: &str, kind: &str, args: &str) -> Result<String, PagletError> {
