@@ -201,7 +201,7 @@ fn busy_for_seconds(
 ) -> std::thread::JoinHandle<paglets_e2e::Answer> {
     let running = {
         let (host, id) = (host.clone(), id.to_string());
-        std::thread::spawn(move || host.send(&id, "digits", json!({"n": 30000})))
+        std::thread::spawn(move || host.send(&id, "digits", json!({"n": 45000})))
     };
     wait_for("the paglet to be busy", || {
         (host.get(&format!("/paglets/{id}")).json["busy"] == true).then_some(())
