@@ -181,6 +181,11 @@ impl Runtime {
     /// Delivers `job` to paglet `id` wherever it is now: queued here, woken from the store,
     /// or sent to the host it moved to. Blocks while a sleeping paglet wakes.
     pub(super) fn deliver(&self, id: &str, job: Job) {
+        // A checkpoint or a migration belonged to the instance that left: it never wakes or
+        // follows the paglet.
+        if matches!(job, Job::Checkpoint(_) | Job::Migrate { .. }) {
+            return fail_job(job, RuntimeError::NoPaglet(id.into()));
+        }
         if let Ok(paglet) = self.paglet(id) {
             return paglet.push(job, QueueAt::Back, &self.pool);
         }

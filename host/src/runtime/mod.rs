@@ -390,7 +390,7 @@ impl Runtime {
                 class,
                 self.next_id.fetch_add(1, Ordering::Relaxed),
             );
-            if self.paglet(&id).is_err() {
+            if !self.exists(&id) {
                 return id;
             }
         }
@@ -473,6 +473,9 @@ impl Runtime {
             Ok(paglet) => paglet,
             Err(e) => return self.sleeper_detail(id).ok_or(e),
         };
+        if paglet.in_doubt.load(Ordering::Acquire) {
+            return Err(RuntimeError::InDoubt(id.into()));
+        }
         let state = paglet.try_state().transpose()?;
         let code = paglet.code();
         Ok(PagletDetail {

@@ -768,9 +768,8 @@ impl Runtime {
             });
         };
         let net = self.net()?;
-        if let Some(new_id) = new_id {
-            moved.id = new_id;
-        }
+        // No id asked for: the receiving host picks one.
+        moved.id = new_id.unwrap_or_default();
         let body = ArrivalBody {
             transfer_id: transfer_id(&net.name, self.next_message.fetch_add(1, Ordering::Relaxed)),
             reason: ArrivalReason::Clone,
@@ -808,6 +807,11 @@ impl Runtime {
             let mut answer = answer.clone();
             answer.accepted = "already".into();
             return Ok(answer);
+        }
+        let mut body = body;
+        if body.paglet.id.is_empty() && body.reason == ArrivalReason::Clone {
+            // A clone sent without an id: this host names it.
+            body.paglet.id = self.fresh_id(&body.paglet.class);
         }
         let answer = ArrivalAnswer {
             id: body.paglet.id.clone(),
