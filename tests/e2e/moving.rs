@@ -34,11 +34,14 @@ fn create(host: &TestHost, class: &str, id: &str, state: Value) {
     assert_eq!(answer.status, 201, "create {id}: {:?}", answer.json);
 }
 
-/// The state `host` shows for paglet `id` (which must be there, idle and active).
+/// The state `host` shows for paglet `id`, which must be there and active; waits while it
+/// is busy (a lifecycle call may answer just before the paglet's turn ends).
 fn state_of(host: &TestHost, id: &str) -> Value {
-    let answer = host.get(&format!("/paglets/{id}"));
-    assert_eq!(answer.status, 200, "GET /paglets/{id}: {:?}", answer.json);
-    answer.json["state"].clone()
+    wait_for(&format!("the state of {id}"), || {
+        let answer = host.get(&format!("/paglets/{id}"));
+        assert_eq!(answer.status, 200, "GET /paglets/{id}: {:?}", answer.json);
+        answer.json.get("state").cloned()
+    })
 }
 
 /// `POST path` without a body.
@@ -579,14 +582,16 @@ fn oneway_messages_answer_202_arrive_in_order_and_failures_are_counted() {
     assert_eq!(state_of(&host, "c")["count"], N);
 }
 
-/// Waits until `source` settled paglet `id` (answers anything but 503), asserts that
-/// exactly one of `hosts` holds it, with `count`, and returns which.
+/// Waits until `source` settled paglet `id` (a `get` sent to it, following 308s, is
+/// answered 200), asserts that exactly one of `hosts` holds it, with `count`, and returns
+/// which.
 fn one_copy(hosts: [&TestHost; 2], id: &str, count: u64) -> usize {
-    let settled = wait_for("the transfer to settle", || {
-        let answer = hosts[0].get(&format!("/paglets/{id}"));
-        (answer.status != 503).then_some(answer)
+    let url = format!("{}/paglets/{id}/messages", hosts[0].url);
+    let get = json!({"kind": "get"});
+    wait_for("the transfer to settle", || {
+        let (answer, _) = follow("POST", &url, Some(&get), None).expect("the source answers");
+        (answer.status == 200).then_some(())
     });
-    assert!(matches!(settled.status, 200 | 308), "{settled:?}");
     let holders: Vec<usize> = (0..2).filter(|&i| holds(hosts[i], id)).collect();
     assert_eq!(holders.len(), 1, "holders of {id}: {holders:?}");
     let holder = holders[0];
@@ -597,6 +602,28 @@ fn one_copy(hosts: [&TestHost; 2], id: &str, count: u64) -> usize {
     );
     assert_ne!(hosts[1 - holder].get(&format!("/paglets/{id}")).status, 200);
     holder
+}
+
+/// Waits until a message to paglet `id` on `host` is refused because its transfer is in
+/// doubt; then returns what `GET /paglets/{id}` says meanwhile.
+fn in_doubt(host: &TestHost, id: &str) -> Answer {
+    let refused = wait_for("the source to hold the transfer in doubt", || {
+        let answer = host.send(id, "get", Value::Null);
+        (answer.status == 503).then_some(answer)
+    });
+    assert_eq!(refused.code(), "transfer-in-doubt", "{refused:?}");
+    assert!(refused.retry_after.is_some(), "no Retry-After: {refused:?}");
+    host.get(&format!("/paglets/{id}"))
+}
+
+/// Asserts that `GET /paglets/{id}` answered 503 `transfer-in-doubt` with `Retry-After`
+/// during the doubt (checked last, so that the rest of a fault test runs either way).
+fn get_was_in_doubt(shown: &Answer) {
+    assert_eq!(
+        (shown.status, shown.code(), shown.retry_after.is_some()),
+        (503, "transfer-in-doubt", true),
+        "GET during the doubt: {shown:?}"
+    );
 }
 
 /// [`one_copy`], then both hosts restarted gracefully and the same again; asserts that the
@@ -633,17 +660,13 @@ fn a_target_killed_inside_arrived_ends_with_exactly_one_copy_after_restarts() {
     let sending = dispatch_in_background(&a, "j", &b.url);
     wait_for("the target inside arrived", || hold.exists().then_some(()));
     b.kill();
-    let doubt = wait_for("the source to hold the transfer in doubt", || {
-        let answer = a.get("/paglets/j");
-        (answer.status == 503).then_some(answer)
-    });
-    assert_eq!(doubt.code(), "transfer-in-doubt", "{doubt:?}");
-    assert!(doubt.retry_after.is_some(), "{doubt:?}");
+    let shown = in_doubt(&a, "j");
     let b = sb.start();
     let answered = sending.join().expect("the dispatch thread");
     one_copy_on_the_target_after_restarts([&sa, &sb], [a, b], "j", 5);
     // Whatever the interrupted call said, it did not claim success for a dead target.
     assert_ne!(answered.map(|a| a.status).ok(), Some(200));
+    get_was_in_doubt(&shown);
 }
 
 #[test]
@@ -684,12 +707,7 @@ fn a_target_frozen_past_the_transfer_timeout_leaves_the_transfer_in_doubt_until_
     create(&a, "journal::Journal", "j", json!({"count": 5}));
     signal(&b, libc::SIGSTOP);
     let sending = dispatch_in_background(&a, "j", &b.url);
-    let doubt = wait_for("the source to hold the transfer in doubt", || {
-        let answer = a.get("/paglets/j");
-        (answer.status == 503).then_some(answer)
-    });
-    assert_eq!(doubt.code(), "transfer-in-doubt", "{doubt:?}");
-    assert!(doubt.retry_after.is_some(), "{doubt:?}");
+    let shown = in_doubt(&a, "j");
     // A message meanwhile is refused with 503, or held and delivered: never lost or doubled.
     let message = {
         let url = format!("{}/paglets/j/messages", a.url);
@@ -716,6 +734,7 @@ fn a_target_frozen_past_the_transfer_timeout_leaves_the_transfer_in_doubt_until_
         _ => panic!("the message during the doubt: {message:?}"),
     };
     one_copy_on_the_target_after_restarts([&sa, &sb], [a, b], "j", 5 + delivered);
+    get_was_in_doubt(&shown);
 }
 
 /// A transfer body as a source sends it, for paglet `id` of `class` with `state`, of the
