@@ -293,6 +293,7 @@ fn four_clients_messaging_a_counter_while_it_moves_have_every_increment_counted_
     let moved = dispatch(&a, "c", &b.url);
     assert_eq!(moved.status, 200, "{:?}", moved.json);
     clients.wait_for_more(40);
+    assert!(clients.forwarded() > 0, "no increment went through a's 308");
     let acked = clients.finish();
     assert!(!holds(&a, "c"));
     assert_eq!(state_of(&b, "c")["count"], acked);
@@ -315,6 +316,7 @@ fn a_paglet_dispatched_round_a_b_c_a_keeps_every_message_sent_through_a() {
         assert_eq!(moved.json["host"], name);
         clients.wait_for_more(10);
     }
+    assert!(clients.forwarded() > 0, "no message went through a forward");
     let acked = clients.finish();
     assert!(holds(&a, "p") && !holds(&b, "p") && !holds(&c, "p"));
     assert_eq!(state_of(&a, "p")["count"], acked);

@@ -184,9 +184,11 @@ pub fn holds(host: &TestHost, id: &str) -> bool {
 }
 
 /// Clients that send `increment` to one paglet through one host's URL, following 308s,
-/// until told to stop: each 200 is counted, anything else is written down.
+/// until told to stop: each 200 is counted (and whether it came from another host),
+/// anything else is written down.
 pub struct Clients {
     acked: Arc<AtomicU64>,
+    forwarded: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     failures: Arc<Mutex<Vec<String>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -197,6 +199,7 @@ impl Clients {
     pub fn start(n: usize, host: &TestHost, id: &str) -> Clients {
         let clients = Clients {
             acked: Arc::default(),
+            forwarded: Arc::default(),
             stop: Arc::default(),
             failures: Arc::default(),
             threads: Vec::new(),
@@ -205,8 +208,9 @@ impl Clients {
             .map(|_| {
                 let url = format!("{}/paglets/{id}/messages", host.url);
                 let key = host.key.clone();
-                let (acked, stop, failures) = (
+                let (acked, forwarded, stop, failures) = (
                     clients.acked.clone(),
+                    clients.forwarded.clone(),
                     clients.stop.clone(),
                     clients.failures.clone(),
                 );
@@ -214,8 +218,11 @@ impl Clients {
                     let body = json!({"kind": "increment"});
                     while !stop.load(Ordering::Acquire) {
                         match follow("POST", &url, Some(&body), key.as_deref()) {
-                            Ok((answer, _)) if answer.status == 200 => {
+                            Ok((answer, last)) if answer.status == 200 => {
                                 acked.fetch_add(1, Ordering::AcqRel);
+                                if last != url {
+                                    forwarded.fetch_add(1, Ordering::AcqRel);
+                                }
                             }
                             other => {
                                 let mut failures = failures.lock().expect("failures");
@@ -235,6 +242,11 @@ impl Clients {
         self.acked.load(Ordering::Acquire)
     }
 
+    /// Increments answered 200 by another host than the first, after a 308.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(Ordering::Acquire)
+    }
+
     /// Waits until `more` further increments were answered 200 (or a client failed).
     pub fn wait_for_more(&self, more: u64) {
         let target = self.acked() + more;
@@ -250,6 +262,7 @@ impl Clients {
         let Clients {
             acked,
             stop,
+            forwarded: _,
             failures,
             threads,
         } = self;
