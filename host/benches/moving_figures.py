@@ -17,7 +17,10 @@ and measures over HTTP with one keep-alive connection per host:
   forth: median and worst of the calls (goal: < 300 ms);
 - deactivate + activate of a counter: p50 of the pair (goal: < 1 ms);
 - oneway `increment` messages over HTTP at 4 connections (wrk, 5 s): answered 202 per second,
-  and whether every one of them was delivered.
+  and whether every one of them was delivered;
+- paglet-to-paglet messages on one host through `ctx.send`: one `forward` message to a
+  `hello::Hello` that sends `increment` to a counter 200,000 times (`times`), sends per second
+  over the whole call, median of 3 (goal: >= 200,000/s).
 
 It prints a table and stops every process it started.
 """
@@ -156,6 +159,23 @@ def oneway(url, conn, seconds=5, connections=4):
     return rate, answered, count, bad
 
 
+def sends(conn, times=200000, runs=3):
+    """`ctx.send` from a hello to a counter on the same host, `times` per call: sends/s,
+    median of `runs` calls."""
+    must(201, call(conn, "POST", "/paglets", {"class": "hello::Hello", "id": "sender"}), "create")
+    must(201, call(conn, "POST", "/paglets", {"class": "counter::Counter", "id": "sink"}), "create")
+    warmup = {"kind": "forward", "args": {"to": "sink", "kind": "increment", "times": 1000}}
+    must(200, call(conn, "POST", "/paglets/sender/messages", warmup), "warm-up")
+    body = {"kind": "forward", "args": {"to": "sink", "kind": "increment", "times": times}}
+    rates = []
+    for _ in range(runs):
+        took = timed(conn, "POST", "/paglets/sender/messages", body) / 1000
+        rates.append(times / took)
+    count = must(200, call(conn, "POST", "/paglets/sink/messages", {"kind": "get"}), "get")
+    assert count["reply"]["count"] == 1000 + runs * times, count
+    return statistics.median(rates), rates
+
+
 def main():
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release --workspace")
@@ -222,6 +242,11 @@ def main():
         rows.append(("oneway increments over HTTP, 4 connections (wrk, 5 s)",
                      f"{rate:,.0f}/s; {answered:,} answered 202, {delivered} {' '.join(bad)}",
                      "(figure)", count >= answered and not bad))
+
+        rate, rates = sends(conn_b)
+        rows.append(("ctx.send, hello -> counter on one host (200,000 per call)",
+                     f"median {rate:,.0f}/s ({', '.join(f'{r:,.0f}' for r in rates)})",
+                     ">= 200,000/s", rate >= 200000))
     finally:
         stop_all()
         shutil.rmtree(work, ignore_errors=True)
