@@ -12,6 +12,7 @@ mod http_edges;
 mod lifecycle;
 mod mesh;
 mod messaging;
+mod moving;
 mod reload;
 mod state_evolution;
 mod traveller;

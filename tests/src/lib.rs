@@ -22,6 +22,7 @@ use serde_json::Value;
 
 pub mod git;
 pub mod mesh;
+pub mod moving;
 pub mod redirect;
 
 /// How long anything in a test may take before it counts as hung.
@@ -226,6 +227,63 @@ pub struct Answer {
     pub json: Value,
     /// The `WWW-Authenticate` header, if any.
     pub www_authenticate: Option<String>,
+    /// The `Location` header, if any (a 308 for a paglet that moved).
+    pub location: Option<String>,
+    /// The `Retry-After` header, if any.
+    pub retry_after: Option<String>,
+}
+
+impl Answer {
+    /// Reads a response: status, the headers the tests look at, the body as JSON (`Null`
+    /// when empty, an error when it is not JSON).
+    pub fn read(response: reqwest::blocking::Response) -> Result<Answer, String> {
+        let status = response.status().as_u16();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (www_authenticate, location, retry_after) = (
+            header("www-authenticate"),
+            header("location"),
+            header("retry-after"),
+        );
+        let text = response.text().map_err(|e| e.to_string())?;
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).map_err(|e| format!("not JSON ({e}): {text}"))?
+        };
+        Ok(Answer {
+            status,
+            json,
+            www_authenticate,
+            location,
+            retry_after,
+        })
+    }
+
+    /// The error code of an error answer (`""` for any other).
+    pub fn code(&self) -> &str {
+        self.json["error"]["code"].as_str().unwrap_or_default()
+    }
+}
+
+/// The harness's HTTP client: a total timeout of [`DEADLINE`], a new connection per request,
+/// and redirects never followed, so a test sees a 308 and decides (the contract's clients
+/// follow them themselves, sending the key again).
+pub fn http_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(DEADLINE)
+        // A new connection per request: the host closes idle ones after its header
+        // timeout (1 s in some tests), and reusing one just as it closes would fail
+        // a request for a reason no test is about.
+        .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
 }
 
 /// An answer read off a raw connection.
@@ -326,14 +384,7 @@ impl TestHost {
             _persistence: None,
             _kept: Vec::new(),
             stderr,
-            http: reqwest::blocking::Client::builder()
-                .timeout(DEADLINE)
-                // A new connection per request: the host closes idle ones after its header
-                // timeout (1 s in some tests), and reusing one just as it closes would fail
-                // a request for a reason no test is about.
-                .pool_max_idle_per_host(0)
-                .build()
-                .expect("client"),
+            http: http_client(),
         };
         wait_for("/health to answer 200", || {
             (host.get("/health").status == 200).then_some(())
@@ -377,23 +428,7 @@ impl TestHost {
         let response = request
             .send()
             .unwrap_or_else(|e| panic!("{path}: {e}\nhost log:\n{}", self.log()));
-        let status = response.status().as_u16();
-        let www_authenticate = response
-            .headers()
-            .get("www-authenticate")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let text = response.text().expect("body");
-        let json = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}"))
-        };
-        Answer {
-            status,
-            json,
-            www_authenticate,
-        }
+        Answer::read(response).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
     /// Sends `request` as it is (HTTP/1.1 text, head and body) on a new connection and reads
@@ -586,14 +621,7 @@ impl TestHost {
         if let Some(key) = &self.key {
             request = request.bearer_auth(key);
         }
-        let response = request.send().map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        let text = response.text().map_err(|e| e.to_string())?;
-        Ok(Answer {
-            status,
-            json: serde_json::from_str(&text).unwrap_or(Value::Null),
-            www_authenticate: None,
-        })
+        Answer::read(request.send().map_err(|e| e.to_string())?)
     }
 
     /// Kills the host with SIGKILL (a crash: nothing runs on the way out) and reaps it.
