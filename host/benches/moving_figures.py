@@ -7,7 +7,9 @@ Usage, from the repository root, after `cargo build --release --workspace`:
 
 It starts two release hosts, `a` and `b`, on 127.0.0.1 with the example libraries, in the
 default durability mode (`interval`: the departing and arriving records are committed before
-the next step, so every move costs the disk's commit latency, printed first for reference),
+the next step; in this mode SQLite's WAL commits without waiting for the disk, which a crash
+of the process survives, while `sync` mode waits for the disk — the disk's own commit
+latency is printed first for reference),
 and measures over HTTP with one keep-alive connection per host:
 
 - dispatch of a small paglet (a counter) back and forth between a and b: p50 and p99 of the
