@@ -510,6 +510,46 @@ fn a_deactivated_paglet_is_listed_inactive_woken_by_a_message_and_stays_inactive
 }
 
 #[test]
+fn deactivate_and_activate_read_their_body_so_a_keep_alive_connection_goes_on() {
+    use std::io::{Read, Write};
+    let site = counter_site("a", &[]);
+    let host = site.start();
+    create(&host, "counter::Counter", "c", json!({"count": 1}));
+    // Three requests on one connection, the first two with a `{}` body: a body left unread
+    // would make the host close the connection after the first answer.
+    let post = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: 2\r\n\r\n{{}}",
+            host.authority()
+        )
+    };
+    let requests = format!(
+        "{}{}GET /paglets/c HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        post("/paglets/c/deactivate"),
+        post("/paglets/c/activate"),
+        host.authority()
+    );
+    let mut stream = host.connect();
+    stream.write_all(requests.as_bytes()).expect("send");
+    let mut answers = String::new();
+    let _ = stream.read_to_string(&mut answers);
+    assert_eq!(
+        answers.matches("HTTP/1.1 200").count(),
+        3,
+        "three answers on one connection: {answers}"
+    );
+    assert!(
+        answers.contains(r#"{"id":"c","status":"inactive"}"#),
+        "{answers}"
+    );
+    assert!(answers.contains(r#""status":"active""#), "{answers}");
+    // A field these routes do not take is refused.
+    let odd = host.post("/paglets/c/deactivate", &json!({"now": true}));
+    assert_eq!(odd.status, 400, "{:?}", odd.json);
+}
+
+#[test]
 fn deactivating_a_busy_paglet_waits_for_its_message() {
     let site = journal_site("a", &[]);
     let host = Arc::new(site.start());

@@ -52,7 +52,10 @@ pub async fn libraries(State(app): State<AppState>) -> Json<Value> {
 }
 
 /// `POST /admin/rescan`: what changed, and which instances moved.
-pub async fn rescan(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn rescan(
+    State(app): State<AppState>,
+    JsonBody(super::moving::NoFields {}): JsonBody<super::moving::NoFields>,
+) -> Result<Json<Value>, ApiError> {
     let rt = app.runtime.clone();
     let reply = blocking(move || {
         // A git update is building: a rescan now could load a half-built library.

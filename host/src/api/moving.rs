@@ -36,6 +36,12 @@ pub struct CloneBody {
     id: Option<String>,
 }
 
+/// The body of `deactivate` and `activate`: nothing, or `{}`. (Reading it also keeps the
+/// connection usable: a body left unread makes the server close it.)
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoFields {}
+
 /// `POST /paglets/{id}/retract` body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,6 +129,7 @@ pub async fn retract(
 pub async fn deactivate(
     State(app): State<AppState>,
     PagletId(id): PagletId,
+    JsonBody(NoFields {}): JsonBody<NoFields>,
 ) -> Result<Json<Value>, ApiError> {
     let (tx, rx) = oneshot::channel();
     app.runtime
@@ -135,6 +142,7 @@ pub async fn deactivate(
 pub async fn activate(
     State(app): State<AppState>,
     PagletId(id): PagletId,
+    JsonBody(NoFields {}): JsonBody<NoFields>,
 ) -> Result<Json<Value>, ApiError> {
     wake(&app, &id).await?;
     Ok(Json(json!({"id": id, "status": "active"})))

@@ -232,15 +232,20 @@ impl Runtime {
         let (asleep, records): (Vec<Record>, Vec<Record>) = records
             .into_iter()
             .partition(|r| r.status == Status::Inactive);
+        let inactive = asleep.len();
         self.note_sleepers(asleep.into_iter());
         let mut waiting = lock(&self.waiting);
         waiting.extend(records.into_iter().map(|r| (r.id.clone(), r)));
         drop(waiting);
         let restored = self.restore_waiting();
+        // The records read at start (states included, inactive paglets' too) are freed now;
+        // give their memory back rather than keep it in the allocator's arenas.
+        super::waits::give_back_memory();
         if total > 0 {
             tracing::info!(
                 restored,
-                waiting = total - restored,
+                inactive,
+                waiting = total - restored - inactive,
                 took_ms = started.elapsed().as_millis() as u64,
                 "restored stored paglets"
             );

@@ -142,7 +142,7 @@ impl Drop for Held<'_> {
 /// Returns freed heap memory to the system. glibc keeps freed blocks in its arenas (one per
 /// thread that allocated), so a burst of large messages would otherwise stay resident.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn give_back_memory() {
+pub(super) fn give_back_memory() {
     // SAFETY: `malloc_trim` only releases free memory of the allocator's own arenas.
     unsafe {
         libc::malloc_trim(0);
@@ -150,7 +150,7 @@ fn give_back_memory() {
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn give_back_memory() {}
+pub(super) fn give_back_memory() {}
 
 /// Blocks this large or larger get their own mapping, returned to the system when freed.
 const MMAP_AT: usize = 256 << 10;
