@@ -287,9 +287,10 @@ pub fn api_key(api_key_env: Option<&str>) -> Result<Option<String>, UsageError> 
         .filter(|key| !key.is_empty()))
 }
 
-/// `--public-url` must be an `http`/`https` URL with a host, and needs an API key (a keyless
-/// host serves only loopback names and this URL's host: a public name without a key would
-/// invite every page on that network).
+/// `--public-url` must be an `http` URL with a host, and needs an API key (a keyless host
+/// serves only loopback names and this URL's host: a public name without a key would invite
+/// every page on that network). Hosts talk to each other in plain HTTP (this build has no TLS
+/// client), so an `https` URL, which other hosts could not reach, is refused.
 fn check_public_url(url: &str, has_key: bool) -> Result<(), UsageError> {
     if !has_key {
         return Err(UsageError(format!(
@@ -297,11 +298,14 @@ fn check_public_url(url: &str, has_key: bool) -> Result<(), UsageError> {
         )));
     }
     match reqwest::Url::parse(url) {
-        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {
-            Ok(())
-        }
+        Ok(parsed) if parsed.scheme() == "https" => Err(UsageError(format!(
+            "--public-url {url}: hosts reach each other in plain HTTP (no TLS client in this \
+             build); give the http:// URL other hosts reach this one at, on a private network \
+             or a tunnel"
+        ))),
+        Ok(parsed) if parsed.scheme() == "http" && parsed.host().is_some() => Ok(()),
         Ok(_) => Err(UsageError(format!(
-            "--public-url {url} must be an http:// or https:// URL with a host"
+            "--public-url {url} must be an http:// URL with a host"
         ))),
         Err(e) => Err(UsageError(format!("--public-url {url} is not a URL: {e}"))),
     }
@@ -516,6 +520,12 @@ fn mesh_settings(
     } else {
         std::mem::take(&mut host.peer)
     };
+    if let Some(peer) = seeds.iter().find(|p| p.starts_with("https://")) {
+        return Err(UsageError(format!(
+            "--peer {peer}: hosts reach each other in plain HTTP (no TLS client in this build); \
+             give the peer's http:// URL"
+        )));
+    }
     let probe_ms = args
         .mesh_probe_ms
         .or(host.mesh_probe_ms)

@@ -105,6 +105,14 @@ fn an_unreachable_host_is_exit_1_naming_the_url_and_how_to_pick_another() {
 }
 
 #[test]
+fn an_https_host_is_refused_with_the_reason() {
+    let output = paglets(&["health", "--host", "https://127.0.0.1:9"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("plain HTTP"), "{stderr}");
+}
+
+#[test]
 fn the_host_comes_from_paglets_host_and_may_omit_the_scheme() {
     let plugins = PluginDir::with_examples();
     let host = TestHost::start(&[plugins.path()], &[]);

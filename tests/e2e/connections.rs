@@ -179,6 +179,7 @@ fn public_url_needs_a_key_and_a_url() {
         ("http://paglets.example:8765", "", "needs an API key"),
         ("paglets.example:8765", "k", "--public-url"),
         ("ftp://paglets.example", "k", "http://"),
+        ("https://paglets.example", "k", "plain HTTP"),
     ] {
         let output = paglets_e2e::host_command(
             &[plugins.path()],
@@ -192,6 +193,22 @@ fn public_url_needs_a_key_and_a_url() {
         assert_eq!(output.status.code(), Some(2), "{url}: {stderr}");
         assert!(stderr.contains(says), "{url}: {stderr}");
     }
+}
+
+#[test]
+fn an_https_peer_is_refused_with_the_reason() {
+    let plugins = PluginDir::with_examples();
+    let persistence = tempfile::tempdir().expect("temp dir");
+    let output = paglets_e2e::host_command(
+        &[plugins.path()],
+        &["--peer", "https://lab-b.example:8765"],
+        persistence.path(),
+    )
+    .output()
+    .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("plain HTTP"), "{stderr}");
 }
 
 #[test]

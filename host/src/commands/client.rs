@@ -96,6 +96,12 @@ pub(super) fn call(
     let key = api_key(args)?;
     let mut url = Url::parse(&format!("{base}{path}"))
         .map_err(|e| Failure::Usage(format!("--host {base} is not a usable URL: {e}")))?;
+    if url.scheme() != "http" {
+        return Err(Failure::Usage(format!(
+            "--host {base}: the client speaks plain HTTP (no TLS in this build); give the \
+             host's http:// URL"
+        )));
+    }
     let mut redirects = 0;
     loop {
         let response =
