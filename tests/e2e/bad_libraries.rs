@@ -269,10 +269,13 @@ fn group_writable_and_foreign_files_and_folders_are_refused_and_the_rest_served(
         .map(|l| json!({"path": l["path"], "error": l["error"]}))
         .collect();
     check(refusals(&libraries));
-    let log = host.log();
-    assert!(
-        log.contains("writable by its group") && log.contains("uid 65534"),
-        "{log}"
+    // Logged before the scan answered; the harness reads stderr a moment later.
+    wait_for(
+        "the log to name the group-writable file and its owner",
+        || {
+            let log = host.log();
+            (log.contains("writable by its group") && log.contains("uid 65534")).then_some(())
+        },
     );
 
     let output = paglets(&[

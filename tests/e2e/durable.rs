@@ -583,7 +583,9 @@ fn a_stored_paglet_waits_for_its_class_keeps_its_id_and_runs_when_the_class_appe
     assert_eq!(host.get("/paglets/c.keep").status, 404);
     let taken = host.post("/paglets", &json!({"class": "pi::Pi", "id": "c.keep"}));
     assert_eq!(taken.status, 409, "{:?}", taken.json);
-    assert!(host.log().contains("c.keep"), "{}", host.log());
+    wait_for("the log to name the waiting paglet", || {
+        host.log().contains("c.keep").then_some(())
+    });
     // The class appears: the paglet runs, without a restart.
     plugins.add(&paglets_e2e::example("counter"));
     let rescan = host.post("/admin/rescan", &json!({}));

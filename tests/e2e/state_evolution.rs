@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use paglets_e2e::{PluginDir, TestHost, example, fixture};
+use paglets_e2e::{PluginDir, TestHost, example, fixture, wait_for};
 use serde_json::{Value, json};
 
 const NOTE: &str = "evolve::Note";
@@ -69,12 +69,14 @@ fn new_code_that_would_drop_a_key_holds_the_paglet_and_names_the_key() {
         errors.contains("n:") && errors.contains("extra"),
         "{libraries}"
     );
-    let log = host.log();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("stays on its old code") && l.contains("extra") && l.contains('n')),
-        "{log}"
-    );
+    // The line is logged before the rescan answers; the harness reads the host's stderr on
+    // its own thread, a moment later.
+    wait_for("the log to name the held paglet and the key", || {
+        host.log()
+            .lines()
+            .any(|l| l.contains("stays on its old code") && l.contains("extra") && l.contains('n'))
+            .then_some(())
+    });
 }
 
 #[test]
@@ -153,7 +155,9 @@ fn the_author_error_kinds_have_their_http_answers() {
     assert_eq!(fly.json["error"]["code"], "not-handled");
     let list = host.send(&id, "list", Value::Null);
     assert_eq!(list.json["reply"][0]["text"], "milk", "{:?}", list.json);
-    assert!(host.log().contains("added item 1"), "{}", host.log());
+    wait_for("the paglet's log line", || {
+        host.log().contains("added item 1").then_some(())
+    });
 }
 
 #[test]
