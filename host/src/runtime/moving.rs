@@ -539,7 +539,11 @@ impl Runtime {
         let ttl = net.map_or(Duration::from_secs(600), |n| n.forward_ttl);
         let until = unix_seconds(std::time::SystemTime::now()) + ttl.as_secs_f64();
         if let Some(saver) = self.saver() {
-            let committed = saver.store().change_and_wait(
+            // Not waited for: until it commits, the departing record is still stored, and a
+            // crash before then is settled at the next start by sending the same transfer,
+            // which the target answers "already accepted".
+            let id = paglet.id.clone();
+            saver.store().change(
                 vec![(paglet.id.clone(), None)],
                 vec![
                     Extra::RemoveTransfer(transfer_id.into()),
@@ -549,12 +553,12 @@ impl Runtime {
                         until,
                     }),
                 ],
+                Some(Box::new(move |committed| {
+                    if let Err(e) = committed {
+                        tracing::error!(paglet = %id, "its departure is not recorded yet (it is retried): {e}");
+                    }
+                })),
             );
-            if let Err(e) = committed {
-                // The target holds it; the departing record left in the store is settled
-                // ("already accepted") at the next start.
-                tracing::error!(paglet = %paglet.id, "its departure is not recorded yet: {e}");
-            }
         }
         {
             let mut table = self.paglets.write().unwrap_or_else(|p| p.into_inner());
