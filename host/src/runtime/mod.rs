@@ -1,6 +1,7 @@
 //! The runtime: the table of live paglets, create/send/dispose, reload migration and the
 //! host context paglets talk to.
 
+mod code;
 mod context;
 mod durable;
 mod inline;
@@ -99,6 +100,15 @@ pub enum RuntimeError {
     /// The operation needs the store, and this runtime has none.
     #[error("this host has no store to keep paglets in")]
     NoStore,
+    /// The worker process running the paglet died during the call.
+    #[error("{0}")]
+    Crashed(String),
+    /// The paglet's library is quarantined.
+    #[error("{0}")]
+    Quarantined(String),
+    /// The handler ran past the handler timeout.
+    #[error("{0}")]
+    HandlerTimeout(String),
 }
 
 /// The running paglets of one host.
@@ -135,6 +145,8 @@ pub struct Runtime {
     /// Operations paglets asked for on themselves from a hook, before they were in the
     /// table (`ctx.dispatch` in `arrived`); they run once they are.
     deferred: Mutex<HashMap<String, Vec<(String, String)>>>,
+    /// The worker processes of isolated libraries, once set.
+    isolation: OnceLock<crate::isolation::Isolation>,
     me: Weak<Runtime>,
 }
 
@@ -207,6 +219,11 @@ pub struct PagletDetail {
     sha256: Option<String>,
     /// Oneway messages to it that failed since it was last loaded here.
     oneway_failed: u64,
+    /// Crashes of its worker process since it was loaded here (isolated libraries).
+    crashes: u64,
+    /// The last of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_crash: Option<crate::isolation::Crash>,
 }
 
 impl Runtime {
@@ -239,6 +256,7 @@ impl Runtime {
             accepted: Mutex::default(),
             arriving: Mutex::default(),
             deferred: Mutex::default(),
+            isolation: OnceLock::new(),
             me: me.clone(),
         }))
     }
@@ -344,13 +362,8 @@ impl Runtime {
         let context = self.context(&id, class);
         // A stored state is read as the code that wrote it left it: its version decides
         // whether the class's `upgrade` runs (a newer version than the code's is refused).
-        let mut instance = match (stored, state) {
-            (Some(record), Some(state)) => {
-                lib.library
-                    .restore(class, state, record.state_version, context)?
-            }
-            _ => lib.library.create(class, state, context)?,
-        };
+        let version = stored.filter(|_| state.is_some()).map(|r| r.state_version);
+        let mut instance = self.instantiate(&lib, class, state, version, context)?;
         instance.hook(match origin {
             Origin::New => Hook::Created,
             Origin::Restored => {
@@ -451,13 +464,20 @@ impl Runtime {
     /// The paglets with a status `filter` lets through, by id.
     pub fn list(&self, filter: StatusFilter) -> Vec<PagletSummary> {
         let mut list: Vec<_> = Vec::new();
-        if filter.active() {
-            list.extend(self.table().values().map(|p| PagletSummary {
-                id: p.id.clone(),
-                class: p.class.clone(),
-                status: "active",
-                created_at: unix_seconds(p.created_at),
-                messages_handled: p.handled.load(Ordering::Relaxed),
+        if filter.active() || filter.quarantined() {
+            list.extend(self.table().values().filter_map(|p| {
+                let status = self.status_of(p);
+                let shown = match status {
+                    "quarantined" => filter.quarantined(),
+                    _ => filter.active(),
+                };
+                shown.then(|| PagletSummary {
+                    id: p.id.clone(),
+                    class: p.class.clone(),
+                    status,
+                    created_at: unix_seconds(p.created_at),
+                    messages_handled: p.handled.load(Ordering::Relaxed),
+                })
             }));
         }
         if filter.inactive() {
@@ -476,19 +496,29 @@ impl Runtime {
         if paglet.in_doubt.load(Ordering::Acquire) {
             return Err(RuntimeError::InDoubt(id.into()));
         }
-        let state = paglet.try_state().transpose()?;
+        let status = self.status_of(&paglet);
+        let (state, busy) = match paglet.try_state() {
+            None => (None, true),
+            Some(Ok(state)) => (Some(state), false),
+            // Its worker is gone for now: no state to show, the rest still is.
+            Some(Err(RuntimeError::Quarantined(_) | RuntimeError::Crashed(_))) => (None, false),
+            Some(Err(e)) => return Err(e),
+        };
         let code = paglet.code();
+        let (crashes, last_crash) = self.crashes_of(&paglet);
         Ok(PagletDetail {
             id: paglet.id.clone(),
             class: paglet.class.clone(),
-            status: "active",
+            status,
             created_at: unix_seconds(paglet.created_at),
             messages_handled: paglet.handled.load(Ordering::Relaxed),
-            busy: state.is_none(),
+            busy,
             state,
             generation: Some(code.generation),
             sha256: Some(code.sha256.clone()),
             oneway_failed: paglet.oneway_failed.load(Ordering::Relaxed),
+            crashes,
+            last_crash,
         })
     }
 
