@@ -700,6 +700,44 @@ mod tests {
     }
 
     #[test]
+    fn isolate_entries_take_limits_and_flags_add_libraries() {
+        let file: super::LaunchFile = toml::from_str(
+            "[[isolate]]\nlibrary = \"pi\"\nmemory_limit = \"64MiB\"\nhandler_timeout = \"250ms\"\n\
+             [[isolate]]\nlibrary = \"hello\"\nhandler_timeout = 0\n",
+        )
+        .expect("parses");
+        let settings =
+            super::isolate(vec!["pi".into(), "counter".into()], file.isolate).expect("valid");
+        let by_name = |name: &str| {
+            settings
+                .iter()
+                .find(|s| s.library == name)
+                .expect("listed")
+                .clone()
+        };
+        assert_eq!(settings.len(), 3);
+        assert_eq!(by_name("pi").memory_limit, Some(64 << 20));
+        assert_eq!(
+            by_name("pi").handler_timeout,
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(by_name("hello").handler_timeout, None);
+        assert_eq!(
+            by_name("counter").handler_timeout,
+            super::default_handler_timeout()
+        );
+        let twice: super::LaunchFile =
+            toml::from_str("[[isolate]]\nlibrary = \"pi\"\n[[isolate]]\nlibrary = \"pi\"\n")
+                .expect("parses");
+        assert!(super::isolate(Vec::new(), twice.isolate).is_err());
+        let bad: super::LaunchFile =
+            toml::from_str("[[isolate]]\nlibrary = \"pi\"\nhandler_timeout = \"soon\"\n")
+                .expect("parses");
+        let err = super::isolate(Vec::new(), bad.isolate).expect_err("not a duration");
+        assert!(err.to_string().contains("handler_timeout"), "{err}");
+    }
+
+    #[test]
     fn loopback_addresses() {
         for host in ["127.0.0.1", "::1", "localhost", "127.0.0.2"] {
             assert!(super::is_loopback(host), "{host}");

@@ -403,7 +403,11 @@ impl Paglet {
             Job::Message { kind, args, reply } => {
                 let started = Instant::now();
                 let result = instance.handle(&kind, &args);
-                self.inline.note(started.elapsed());
+                // An isolated paglet never runs on an HTTP thread: its call waits on another
+                // process, for as long as the handler timeout.
+                if instance.isolated().is_none() {
+                    self.inline.note(started.elapsed());
+                }
                 self.handled.fetch_add(1, Ordering::Relaxed);
                 // The handler is done: a detail asked once the caller has its answer must not
                 // see the paglet busy (it waits the moment the lock is still held).
