@@ -14,7 +14,7 @@ mod waits;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
@@ -39,6 +39,9 @@ use waits::{InFlight, WaitGraph};
 const INLINE_BUDGET: usize = 16;
 /// How long a paglet-to-paglet send waits for its reply.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many messages to isolated paglets may wait for their worker on the threads of the
+/// requests that sent them, outside the async runtime's workers (see `Runtime::send`).
+const DIRECT_CALLS: usize = 8;
 /// How many bytes of arguments the paglet-to-paglet sends in flight may hold together.
 const IN_FLIGHT_BUDGET: usize = 64 << 20;
 
@@ -147,6 +150,8 @@ pub struct Runtime {
     deferred: Mutex<HashMap<String, Vec<(String, String)>>>,
     /// The worker processes of isolated libraries, once set.
     isolation: OnceLock<crate::isolation::Isolation>,
+    /// Messages to isolated paglets waiting on their request's thread now.
+    direct_calls: AtomicUsize,
     me: Weak<Runtime>,
 }
 
@@ -257,6 +262,7 @@ impl Runtime {
             arriving: Mutex::default(),
             deferred: Mutex::default(),
             isolation: OnceLock::new(),
+            direct_calls: AtomicUsize::new(0),
             me: me.clone(),
         }))
     }
@@ -431,6 +437,9 @@ impl Runtime {
             args,
             reply,
         };
+        if paglet.is_isolated() {
+            return self.send_isolated(&paglet, job);
+        }
         if paglet.runs_inline() && paglet.try_claim() {
             // A proven-fast handler on an idle paglet: two thread hand-offs would cost
             // more than the handler itself.
@@ -441,6 +450,41 @@ impl Runtime {
         } else {
             paglet.push(job, QueueAt::Back, &self.pool);
         }
+        Ok(())
+    }
+
+    /// A message to an isolated paglet. Its handler runs in another process, so this thread
+    /// only waits: when the paglet is idle and fewer than [`DIRECT_CALLS`] such waits are
+    /// under way, the request's own thread sends it and reads the answer (taken out of the
+    /// async runtime's workers first, so that HTTP keeps all of them), saving the two thread
+    /// hand-offs of the pool; otherwise it queues like any message.
+    fn send_isolated(&self, paglet: &Arc<Paglet>, job: Job) -> Result<(), RuntimeError> {
+        let taken = self
+            .direct_calls
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < DIRECT_CALLS).then_some(n + 1)
+            })
+            .is_ok();
+        if !taken {
+            paglet.push(job, QueueAt::Back, &self.pool);
+            return Ok(());
+        }
+        if paglet.try_claim() {
+            let run = || {
+                paglet.run(job);
+                paglet.drain(&self.pool, INLINE_BUDGET);
+            };
+            let on_tokio_worker = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            if on_tokio_worker {
+                tokio::task::block_in_place(run);
+            } else {
+                run();
+            }
+        } else {
+            paglet.push(job, QueueAt::Back, &self.pool);
+        }
+        self.direct_calls.fetch_sub(1, Ordering::AcqRel);
         Ok(())
     }
 

@@ -169,6 +169,8 @@ pub struct Paglet {
     pub(super) oneway_failed: AtomicU64,
     /// Crashes of its worker before it was loaded here (none of its own).
     pub(super) crash_base: u64,
+    /// Its code runs in a worker process.
+    isolated: AtomicBool,
 }
 
 impl Paglet {
@@ -181,6 +183,7 @@ impl Paglet {
         saver: Option<Arc<Saver>>,
     ) -> Paglet {
         let crash_base = instance.isolated().map_or(0, |i| i.crashes().0);
+        let isolated = AtomicBool::new(instance.isolated().is_some());
         Paglet {
             id,
             class,
@@ -200,6 +203,7 @@ impl Paglet {
             departing: AtomicBool::new(false),
             oneway_failed: AtomicU64::new(0),
             crash_base,
+            isolated,
         }
     }
 
@@ -227,6 +231,11 @@ impl Paglet {
     /// [`InlineGate::open`].
     pub fn runs_inline(&self) -> bool {
         self.inline.open()
+    }
+
+    /// True when its code runs in a worker process.
+    pub fn is_isolated(&self) -> bool {
+        self.isolated.load(Ordering::Relaxed)
     }
 
     /// The code it runs on.
@@ -430,6 +439,8 @@ impl Paglet {
                 // instance is untouched and keeps serving.
                 match instance.migrate_to(&lib, context) {
                     Ok(fresh) => {
+                        self.isolated
+                            .store(fresh.isolated().is_some(), Ordering::Relaxed);
                         *instance = fresh;
                         *lock(&self.code) = lib;
                         match &self.saver {
