@@ -60,6 +60,12 @@ impl Saver {
                         reply.send(written.map_err(not_persisted).and(result))
                     })),
                 ),
+                // Its worker died before the change was read: the change is lost with it, and
+                // the paglet comes back from the state before.
+                Err(e @ (RuntimeError::Crashed(_) | RuntimeError::HandlerTimeout(_))) => reply
+                    .send(Err(RuntimeError::Crashed(format!(
+                        "{e} (its change was lost before it was saved)"
+                    )))),
                 Err(e) => reply.send(Err(not_persisted(StoreError::Write(format!(
                     "the state of {} cannot be read: {e}",
                     paglet.id
