@@ -437,7 +437,11 @@ impl Paglet {
             Job::Migrate { lib, context, done } => {
                 // Snapshot, re-create on the new code, run the arrival hook; on failure the old
                 // instance is untouched and keeps serving.
-                match instance.migrate_to(&lib, context) {
+                let migrated = instance.migrate_to(&lib, context);
+                // As after a message: a detail asked once the rescan has its answer must not
+                // see the paglet busy.
+                self.busy.store(false, Ordering::Release);
+                match migrated {
                     Ok(fresh) => {
                         self.isolated
                             .store(fresh.isolated().is_some(), Ordering::Relaxed);
