@@ -43,8 +43,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Runs the worker on the socket at descriptor 3 until the host goes; never returns.
 pub fn run() -> ! {
-    // SAFETY: descriptor 3 is the socket the host set up for this process (see `spawn`); it
-    // is owned here from now on.
+    if !inherited_socket() {
+        eprintln!("paglets worker: only a paglets host starts workers (no socket on descriptor 3)");
+        std::process::exit(2)
+    }
+    // SAFETY: descriptor 3 is an open socket, the one the host set up for this process (see
+    // `spawn`); it is owned here from now on.
     let socket = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(3) };
     ignore_stop_signals();
     let reader = match socket.try_clone() {
@@ -70,6 +74,15 @@ pub fn run() -> ! {
     // The first thread ended its turn as a spare one; the others serve on.
     loop {
         std::thread::park();
+    }
+}
+
+/// True when descriptor 3 is an open socket.
+fn inherited_socket() -> bool {
+    // SAFETY: fstat writes into the zeroed struct it is given; a closed descriptor is EBADF.
+    unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        libc::fstat(3, &mut stat) == 0 && (stat.st_mode & libc::S_IFMT) == libc::S_IFSOCK
     }
 }
 
