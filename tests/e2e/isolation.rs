@@ -374,3 +374,39 @@ fn an_isolated_paglet_is_dispatched_to_another_host_and_cloned_there_with_its_st
     assert_eq!(detail["status"], "active", "{detail}");
     assert!(worker_pid(&b, "crashy").is_some());
 }
+
+#[test]
+fn an_isolated_paglet_creates_queues_logs_and_deactivates_itself_through_its_context() {
+    let plugins = plugins();
+    let (host, _dir) = isolated_host(&plugins, None);
+    let a = host.create("crashy::Crashy", json!({}));
+    let counter = host.create("counter::Counter", json!({}));
+    let spawned = host.send(&a, "spawn", json!({"id": "born"}));
+    assert_eq!(
+        spawned.json["reply"]["created"], "born",
+        "{:?}",
+        spawned.json
+    );
+    assert_eq!(count(&host, "born"), 100);
+    let queued = host.send(&a, "oneway", json!({"to": counter, "kind": "increment"}));
+    assert_eq!(queued.status, 200, "{:?}", queued.json);
+    wait_for("the oneway message to arrive", || {
+        let answer = host.send(&counter, "get", Value::Null);
+        (answer.json["reply"]["count"] == 1).then_some(())
+    });
+    let logged = host.send(&a, "log", json!({"message": "written in a worker"}));
+    assert_eq!(logged.status, 200, "{:?}", logged.json);
+    wait_for("the log line", || {
+        host.log()
+            .lines()
+            .any(|l| l.contains("written in a worker") && l.contains(a.as_str()))
+            .then_some(())
+    });
+    let napping = host.send(&a, "nap", Value::Null);
+    assert_eq!(napping.status, 200, "{:?}", napping.json);
+    wait_for("it to be inactive", || {
+        (host.get(&format!("/paglets/{a}")).json["status"] == "inactive").then_some(())
+    });
+    // A message wakes it, in a worker again.
+    assert_eq!(count(&host, &a), 0);
+}
