@@ -48,6 +48,16 @@ pub enum Command {
     Mesh(ClientArgs),
     /// Ask a host started with --auto-update-from-git to pull, build and reload now.
     Update(UpdateArgs),
+    /// Run an isolated library's paglets for the host that started this process (internal).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+}
+
+/// `paglets worker`: started by a host only, with its socket as descriptor 3.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The isolated library (for the process list and logs).
+    pub library: String,
 }
 
 /// `paglets host`.
@@ -163,6 +173,12 @@ pub struct HostArgs {
     /// [default: 5000].
     #[arg(long, hide = true)]
     pub transfer_timeout_ms: Option<u64>,
+    /// Run this library's paglets in a worker process of their own, so that a crash there
+    /// (a segfault, an abort, running out of memory) takes down only that worker; the
+    /// library's name or its file's name without `lib` and `.so` (repeatable). Limits per
+    /// library go in the launch config's `[[isolate]]`.
+    #[arg(long, value_name = "LIBRARY")]
+    pub isolate: Vec<String>,
 }
 
 /// `paglets discover`.

@@ -73,6 +73,105 @@ pub struct HostConfig {
     pub startup: Vec<StartupEntry>,
     /// Mesh membership.
     pub mesh: crate::mesh::MeshSettings,
+    /// Libraries whose paglets run in worker processes, with their limits.
+    pub isolate: Vec<crate::isolation::Settings>,
+}
+
+/// The handler timeout of isolated libraries without one of their own.
+fn default_handler_timeout() -> Option<Duration> {
+    Some(Duration::from_secs(30))
+}
+
+/// One `[[isolate]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IsolateEntry {
+    library: String,
+    memory_limit: Option<Size>,
+    handler_timeout: Option<Timeout>,
+}
+
+/// A duration in the launch config: seconds (`30`, `0.5`), or a string with `ms` or `s`
+/// (`"250ms"`); 0 turns the limit off.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Timeout {
+    Seconds(f64),
+    Text(String),
+}
+
+impl Timeout {
+    fn duration(self, key: &str) -> Result<Option<Duration>, UsageError> {
+        let bad = |text: &str| {
+            UsageError(format!(
+                "[[isolate]] {key}: '{text}' is not a duration (e.g. 30, 0.5, \"250ms\", \"2s\")"
+            ))
+        };
+        let seconds = match self {
+            Timeout::Seconds(seconds) => seconds,
+            Timeout::Text(text) => {
+                let trimmed = text.trim();
+                let (number, scale) = match trimmed.strip_suffix("ms") {
+                    Some(number) => (number, 0.001),
+                    None => (trimmed.strip_suffix('s').unwrap_or(trimmed), 1.0),
+                };
+                number.trim().parse::<f64>().map_err(|_| bad(&text))? * scale
+            }
+        };
+        if !seconds.is_finite() || seconds < 0.0 {
+            return Err(bad(&seconds.to_string()));
+        }
+        Ok((seconds > 0.0).then(|| Duration::from_secs_f64(seconds)))
+    }
+}
+
+/// `--isolate` and `[[isolate]]` together: an entry of the file gives a flag's library its
+/// limits.
+fn isolate(
+    flags: Vec<String>,
+    entries: Vec<IsolateEntry>,
+) -> Result<Vec<crate::isolation::Settings>, UsageError> {
+    let mut settings: Vec<crate::isolation::Settings> = Vec::new();
+    for entry in entries {
+        if entry.library.is_empty() {
+            return Err(UsageError("[[isolate]] library must not be empty".into()));
+        }
+        if settings.iter().any(|s| s.library == entry.library) {
+            return Err(UsageError(format!(
+                "[[isolate]] library '{}' appears twice",
+                entry.library
+            )));
+        }
+        let memory_limit = match entry.memory_limit {
+            Some(size) => Some(
+                size.bytes("memory_limit")
+                    .map_err(|e| UsageError(e.0.replace("[host]", "[[isolate]]")))?,
+            ),
+            None => None,
+        };
+        let handler_timeout = match entry.handler_timeout {
+            Some(timeout) => timeout.duration("handler_timeout")?,
+            None => default_handler_timeout(),
+        };
+        settings.push(crate::isolation::Settings {
+            library: entry.library,
+            memory_limit,
+            handler_timeout,
+        });
+    }
+    for library in flags {
+        if library.is_empty() {
+            return Err(UsageError("--isolate needs a library name".into()));
+        }
+        if !settings.iter().any(|s| s.library == library) {
+            settings.push(crate::isolation::Settings {
+                library,
+                memory_limit: None,
+                handler_timeout: default_handler_timeout(),
+            });
+        }
+    }
+    Ok(settings)
 }
 
 /// One `[[startup]]` entry.
@@ -100,6 +199,8 @@ struct LaunchFile {
     startup: Vec<StartupEntry>,
     #[serde(default)]
     mesh: MeshSection,
+    #[serde(default)]
+    isolate: Vec<IsolateEntry>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -346,6 +447,7 @@ impl HostConfig {
             .or(host.persistence_dir.take().map(rel))
             .unwrap_or_else(|| home().join(".paglets/hosts").join(&name));
         let mesh = mesh_settings(&mut args, &mut host, file.mesh)?;
+        let isolate = isolate(std::mem::take(&mut args.isolate), file.isolate)?;
         let checkpoint_ms = args.checkpoint_ms.or(host.checkpoint_ms).unwrap_or(100);
         if checkpoint_ms == 0 {
             return Err(UsageError("--checkpoint-ms must be at least 1".into()));
@@ -406,6 +508,7 @@ impl HostConfig {
             auto_update,
             startup: file.startup,
             mesh,
+            isolate,
         })
     }
 }
@@ -594,6 +697,44 @@ mod tests {
             toml::from_str("[host]\nmax_library_size = \"1KiB\"\n").expect("parses");
         let size = file.host.max_library_size.expect("set");
         assert_eq!(size.bytes("max_library_size").expect("valid"), 1024);
+    }
+
+    #[test]
+    fn isolate_entries_take_limits_and_flags_add_libraries() {
+        let file: super::LaunchFile = toml::from_str(
+            "[[isolate]]\nlibrary = \"pi\"\nmemory_limit = \"64MiB\"\nhandler_timeout = \"250ms\"\n\
+             [[isolate]]\nlibrary = \"hello\"\nhandler_timeout = 0\n",
+        )
+        .expect("parses");
+        let settings =
+            super::isolate(vec!["pi".into(), "counter".into()], file.isolate).expect("valid");
+        let by_name = |name: &str| {
+            settings
+                .iter()
+                .find(|s| s.library == name)
+                .expect("listed")
+                .clone()
+        };
+        assert_eq!(settings.len(), 3);
+        assert_eq!(by_name("pi").memory_limit, Some(64 << 20));
+        assert_eq!(
+            by_name("pi").handler_timeout,
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(by_name("hello").handler_timeout, None);
+        assert_eq!(
+            by_name("counter").handler_timeout,
+            super::default_handler_timeout()
+        );
+        let twice: super::LaunchFile =
+            toml::from_str("[[isolate]]\nlibrary = \"pi\"\n[[isolate]]\nlibrary = \"pi\"\n")
+                .expect("parses");
+        assert!(super::isolate(Vec::new(), twice.isolate).is_err());
+        let bad: super::LaunchFile =
+            toml::from_str("[[isolate]]\nlibrary = \"pi\"\nhandler_timeout = \"soon\"\n")
+                .expect("parses");
+        let err = super::isolate(Vec::new(), bad.isolate).expect_err("not a duration");
+        assert!(err.to_string().contains("handler_timeout"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod cli;
 mod commands;
 mod config;
 mod discovery;
+mod isolation;
 mod mesh;
 mod persist;
 mod registry;
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
         cli::Command::Health(args) => commands::client::health(args),
         cli::Command::Mesh(args) => commands::client::mesh(args),
         cli::Command::Update(args) => commands::client::update(args),
+        cli::Command::Worker(_) => isolation::worker::run(),
     };
     match result {
         Ok(code) => code.into(),

@@ -786,3 +786,90 @@ fn a_build_that_leaves_a_daemon_holding_its_output_does_not_hang_the_update() {
             .then_some(())
     });
 }
+
+/// The inode of the executable a process runs (a binary replaced on disk keeps its own).
+fn exe_of(pid: i64) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/exe")).map_or(0, |m| m.ino())
+}
+
+/// True while process `pid` runs (not gone, not a zombie).
+fn running(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|s| !s.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn an_isolated_library_s_worker_runs_its_host_s_build_before_and_after_a_git_update_re_exec() {
+    let repos = Repos::new();
+    let a = repos.clone("a");
+    let bin = repos.root().join("bin");
+    std::fs::create_dir(&bin).expect("mkdir bin");
+    let exe = bin.join("paglets");
+    std::fs::copy(paglets_e2e::paglets_bin(), &exe).expect("copy the host binary");
+    let persistence = repos.root().join("state-a");
+    std::fs::create_dir(&persistence).expect("mkdir persistence");
+    let mut host = OwnBinaryHost::start_with(
+        &exe,
+        &a,
+        &persistence,
+        &[("LIBSRC", &repos.libsrc()), ("HOST_BIN", &exe)],
+        &["--isolate", "counter", "--no-mesh"],
+    );
+    let url = host.next_url();
+    let (status, created) = host.post(
+        &url,
+        "/paglets",
+        &json!({"class": "counter::Counter", "id": "kept", "state": {"count": 4}}),
+    );
+    assert_eq!(status, 201, "{created:?}");
+    let worker_pid = |host: &OwnBinaryHost, url: &str| {
+        host.get(url, "/libraries")
+            .and_then(|l| {
+                l.as_array()?.iter().find(|l| l["name"] == "counter")?["isolation"]["worker_pid"]
+                    .as_i64()
+            })
+            .expect("the counter's worker runs")
+    };
+    let old = worker_pid(&host, &url);
+    let old_build = exe_of(old);
+    assert_eq!(
+        old_build,
+        exe_of(i64::from(host.child.id())),
+        "the host's own build"
+    );
+    // The update's build replaces the binary (as cargo does: a new file renamed over it).
+    let rebuild_host = format!(
+        "{BUILD}cp \"$HOST_BIN\" \"$HOST_BIN.new\"\necho rebuilt >> \"$HOST_BIN.new\"\nmv \"$HOST_BIN.new\" \"$HOST_BIN\"\n"
+    );
+    repos.push(&[("build.sh", rebuild_host.as_str())], "new host binary");
+    let (status, result) = host.post(&url, "/admin/git-update", &json!({}));
+    assert_eq!(status, 200, "{result:?}");
+    assert_eq!(result["restart_required"], true, "{result:?}");
+    // The host re-executes: it saves the isolated paglet through the old worker, which then
+    // leaves; the new image starts a worker of the new build.
+    let url = host.next_url();
+    let detail = host.get(&url, "/paglets/kept").expect("restored");
+    assert_eq!(detail["state"]["count"], 4, "{detail:?}\n{}", host.log());
+    let new = worker_pid(&host, &url);
+    assert_ne!(new, old);
+    // The host's startup build may have replaced the file once more: what counts is that
+    // the worker runs the build the host runs now, not the one it ran before.
+    let host_build = exe_of(i64::from(host.child.id()));
+    assert_eq!(exe_of(new), host_build, "the worker runs the host's build");
+    assert_ne!(host_build, old_build, "a new build");
+    wait_for("the old worker to leave", || (!running(old)).then_some(()));
+    let (status, _) = host.post(
+        &url,
+        "/paglets/kept/messages",
+        &json!({"kind": "increment"}),
+    );
+    assert_eq!(status, 200);
+    // SAFETY: signalling the child process this test started.
+    unsafe { libc::kill(host.child.id() as i32, libc::SIGTERM) };
+    let exit = wait_for("the host to exit", || host.child.try_wait().ok().flatten());
+    assert_eq!(exit.code(), Some(0), "host log:\n{}", host.log());
+}

@@ -9,6 +9,7 @@ mod durable;
 mod git_update;
 mod http_api;
 mod http_edges;
+mod isolation;
 mod lifecycle;
 mod mesh;
 mod messaging;

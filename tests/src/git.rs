@@ -195,17 +195,26 @@ pub struct OwnBinaryHost {
 
 impl OwnBinaryHost {
     pub fn start(exe: &Path, checkout: &Path, persistence: &Path, env: &[(&str, &Path)]) -> Self {
-        let template = host_command(
-            &[Path::new("plugins")],
-            &[
-                "--auto-update-from-git",
-                "--build-command",
-                "sh build.sh",
-                "--name",
-                "reexec",
-            ],
-            persistence,
-        );
+        Self::start_with(exe, checkout, persistence, env, &[])
+    }
+
+    /// [`OwnBinaryHost::start`] with more host flags.
+    pub fn start_with(
+        exe: &Path,
+        checkout: &Path,
+        persistence: &Path,
+        env: &[(&str, &Path)],
+        extra: &[&str],
+    ) -> Self {
+        let mut args = vec![
+            "--auto-update-from-git",
+            "--build-command",
+            "sh build.sh",
+            "--name",
+            "reexec",
+        ];
+        args.extend_from_slice(extra);
+        let template = host_command(&[Path::new("plugins")], &args, persistence);
         let mut command = Command::new(exe);
         command.args(template.get_args()).current_dir(checkout);
         for (key, value) in template.get_envs() {

@@ -99,6 +99,16 @@ pub fn fixtures_dir() -> &'static Path {
             &root().join("example-paglets/counter/Cargo.toml"),
             &[],
         ));
+        // `crashy` again, "fixed" (its crashes answer instead), in a target dir of its own.
+        let fixed = target.join("fixed");
+        run_ok(
+            Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "-p", "crashy", "--manifest-path"])
+                .arg(&manifest)
+                .arg("--target-dir")
+                .arg(&fixed)
+                .env("CRASHY_FIXED", "1"),
+        );
         let plain = target.join("plain-c");
         std::fs::create_dir_all(&plain).expect("create the plain-c output dir");
         run_ok(
@@ -116,6 +126,13 @@ pub fn fixture(name: &str) -> PathBuf {
     let path = fixtures_dir()
         .join("debug")
         .join(format!("lib{}.so", name.replace('-', "_")));
+    assert!(path.is_file(), "fixture {} was not built", path.display());
+    path
+}
+
+/// The `crashy` fixture built with `CRASHY_FIXED`: its crashes answer instead.
+pub fn fixed_crashy() -> PathBuf {
+    let path = fixtures_dir().join("fixed/debug/libcrashy.so");
     assert!(path.is_file(), "fixture {} was not built", path.display());
     path
 }
@@ -317,6 +334,14 @@ impl TestHost {
         TestHost::spawn(None, paths, args, persistence, env)
     }
 
+    /// Starts a host (as [`TestHost::start_in`]) as the leader of a process group of its own,
+    /// so that a test can signal the whole group, as a service manager does.
+    pub fn start_in_own_group(paths: &[&Path], args: &[&str], persistence: &Path) -> TestHost {
+        let mut command = host_command(paths, args, persistence);
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        TestHost::spawn_command(command, None, &[])
+    }
+
     fn spawn(
         cwd: Option<&Path>,
         paths: &[&Path],
@@ -324,7 +349,19 @@ impl TestHost {
         persistence: &Path,
         env: &[(&str, &str)],
     ) -> TestHost {
-        let mut command = host_command(paths, args, persistence);
+        let command = host_command(paths, args, persistence);
+        let mut host = TestHost::spawn_command(command, cwd, env);
+        host.persistence = persistence.to_path_buf();
+        host
+    }
+
+    fn spawn_command(mut command: Command, cwd: Option<&Path>, env: &[(&str, &str)]) -> TestHost {
+        let persistence = command
+            .get_args()
+            .skip_while(|a| *a != "--persistence-dir")
+            .nth(1)
+            .map(PathBuf::from)
+            .unwrap_or_default();
         if let Some(cwd) = cwd {
             command.current_dir(cwd);
         }
@@ -380,7 +417,7 @@ impl TestHost {
             child,
             url,
             key,
-            persistence: persistence.to_path_buf(),
+            persistence,
             _persistence: None,
             _kept: Vec::new(),
             stderr,
@@ -513,6 +550,11 @@ impl TestHost {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits (bounded) for the host to exit by itself, e.g. after a signal the test sent.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        wait_for("the host to exit", || self.child.try_wait().ok().flatten())
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit.

@@ -48,7 +48,16 @@ pub async fn classes(State(app): State<AppState>) -> Json<Value> {
 
 /// `GET /libraries`.
 pub async fn libraries(State(app): State<AppState>) -> Json<Value> {
-    Json(json!(app.runtime.registry().library_views()))
+    let mut views = json!(app.runtime.registry().library_views());
+    // An isolated library also shows its worker: quarantined or not, its crashes.
+    for view in views.as_array_mut().into_iter().flatten() {
+        let name = view["name"].as_str().unwrap_or_default().to_string();
+        let path = std::path::PathBuf::from(view["path"].as_str().unwrap_or_default());
+        if let Some(isolation) = app.runtime.isolation_view(&name, &path) {
+            view["isolation"] = isolation;
+        }
+    }
+    Json(views)
 }
 
 /// `POST /admin/rescan`: what changed, and which instances moved.

@@ -182,6 +182,15 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::BadRequest(_) => Self::bad_request(message),
             RuntimeError::NoHost(_) => Self::not_found(message),
             RuntimeError::NoStore => Self::internal(message),
+            RuntimeError::Crashed(_) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "paglet-crashed", message)
+            }
+            RuntimeError::Quarantined(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "quarantined", message)
+            }
+            RuntimeError::HandlerTimeout(_) => {
+                Self::new(StatusCode::GATEWAY_TIMEOUT, "handler-timeout", message)
+            }
             RuntimeError::Remote {
                 status,
                 code,

@@ -66,6 +66,9 @@ pub fn run(args: Box<HostArgs>) -> CommandResult {
     )
     .context("start the worker pool")?;
     runtime.attach_store(Arc::new(store), config.durability, config.checkpoint);
+    runtime
+        .isolate(config.isolate.clone())
+        .context("start the supervisor of worker processes")?;
     // Each refused file or folder is logged by the registry as it is found.
     runtime.rescan();
     runtime.restore(stored);
@@ -204,6 +207,8 @@ async fn serve(
         }
         Err(e) => tracing::error!("paglets not saved at shutdown: {e}"),
     }
+    // The workers served the save above; now they may go.
+    runtime.stop_workers();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
     match (restarting, &updater) {

@@ -16,10 +16,10 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use plugin_api::PagletError;
-use plugin_api::loader::Instance;
 use serde_json::Value;
 
 use super::Origin;
+use super::code::Code;
 use super::paglet::{Job, Paglet, QueueAt, Replier};
 use super::{Runtime, RuntimeError, lock};
 use crate::registry::unix_seconds;
@@ -46,7 +46,7 @@ impl Saver {
     pub fn after_change<T: Send + 'static>(
         &self,
         paglet: &Paglet,
-        instance: &Instance,
+        instance: &Code,
         result: Result<T, RuntimeError>,
         reply: Replier<T>,
     ) {
@@ -60,6 +60,12 @@ impl Saver {
                         reply.send(written.map_err(not_persisted).and(result))
                     })),
                 ),
+                // Its worker died before the change was read: the change is lost with it, and
+                // the paglet comes back from the state before.
+                Err(e @ (RuntimeError::Crashed(_) | RuntimeError::HandlerTimeout(_))) => reply
+                    .send(Err(RuntimeError::Crashed(format!(
+                        "{e} (its change was lost before it was saved)"
+                    )))),
                 Err(e) => reply.send(Err(not_persisted(StoreError::Write(format!(
                     "the state of {} cannot be read: {e}",
                     paglet.id
@@ -106,7 +112,7 @@ impl Paglet {
     }
 
     /// The record of this paglet with `instance`'s current state.
-    pub fn record(&self, instance: &Instance) -> Result<Record, PagletError> {
+    pub fn record(&self, instance: &Code) -> Result<Record, RuntimeError> {
         let code = self.code();
         let info = code.library.info();
         Ok(Record {
@@ -402,7 +408,7 @@ fn checkpointer(runtime: &Weak<Runtime>, saver: &Saver) {
     }
 }
 
-fn checkpoint_one(store: &Store, paglet: &Paglet, instance: &Instance) {
+fn checkpoint_one(store: &Store, paglet: &Paglet, instance: &Code) {
     match paglet.record(instance) {
         Ok(record) => store.put(record, None),
         Err(e) => tracing::warn!(paglet = %paglet.id, "not checkpointed: its state failed: {e}"),
@@ -410,7 +416,7 @@ fn checkpoint_one(store: &Store, paglet: &Paglet, instance: &Instance) {
 }
 
 /// A checkpoint job: reads the state between two messages and hands it to the store.
-pub type Checkpoint = Box<dyn FnOnce(&Paglet, &Instance) + Send>;
+pub type Checkpoint = Box<dyn FnOnce(&Paglet, &Code) + Send>;
 
 /// Paglets stored but not running, by id.
 pub type Waiting = HashMap<String, Record>;

@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use plugin_api::loader::Instance;
 use plugin_api::{Hook, PagletError};
 use serde_json::Value;
 
+use super::code::Code;
 use super::paglet::{Job, Paglet, QueueAt, Replier, Task};
 use super::{PagletDetail, PagletSummary, Runtime, RuntimeError, lock};
 use crate::store::{Status, StoreError};
@@ -32,7 +32,7 @@ pub enum StatusFilter {
     Active,
     /// Sleeping in the store.
     Inactive,
-    /// Quarantined ones (none: isolation is not part of this host yet).
+    /// Those of a quarantined library.
     Quarantined,
     /// All of them.
     All,
@@ -41,6 +41,10 @@ pub enum StatusFilter {
 impl StatusFilter {
     pub(super) fn active(self) -> bool {
         matches!(self, StatusFilter::Active | StatusFilter::All)
+    }
+
+    pub(super) fn quarantined(self) -> bool {
+        matches!(self, StatusFilter::Quarantined | StatusFilter::All)
     }
 
     pub(super) fn inactive(self) -> bool {
@@ -111,6 +115,8 @@ impl Runtime {
             generation: None,
             sha256: None,
             oneway_failed: 0,
+            crashes: 0,
+            last_crash: None,
         })
     }
 
@@ -138,7 +144,7 @@ impl Runtime {
         Ok(())
     }
 
-    fn put_to_sleep(&self, paglet: &Paglet, instance: &mut Instance) -> Result<(), RuntimeError> {
+    fn put_to_sleep(&self, paglet: &Paglet, instance: &mut Code) -> Result<(), RuntimeError> {
         if paglet.is_disposed() {
             return Err(RuntimeError::NoPaglet(paglet.id.clone()));
         }
@@ -225,9 +231,13 @@ impl Runtime {
         let state: Value = serde_json::from_str(&record.state)
             .map_err(|e| RuntimeError::Paglet(PagletError::Failed(format!("stored state: {e}"))))?;
         let context = self.context(id, &record.class);
-        let mut instance =
-            lib.library
-                .restore(&record.class, &state, record.state_version, context)?;
+        let mut instance = self.instantiate(
+            &lib,
+            &record.class,
+            Some(&state),
+            Some(record.state_version),
+            context,
+        )?;
         instance.hook(Hook::Activated)?;
         let mut paglet = Paglet::new(
             id.into(),

@@ -1,6 +1,7 @@
 //! The runtime: the table of live paglets, create/send/dispose, reload migration and the
 //! host context paglets talk to.
 
+mod code;
 mod context;
 mod durable;
 mod inline;
@@ -13,7 +14,7 @@ mod waits;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
@@ -38,6 +39,9 @@ use waits::{InFlight, WaitGraph};
 const INLINE_BUDGET: usize = 16;
 /// How long a paglet-to-paglet send waits for its reply.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many messages to isolated paglets may wait for their worker on the threads of the
+/// requests that sent them, outside the async runtime's workers (see `Runtime::send`).
+const DIRECT_CALLS: usize = 8;
 /// How many bytes of arguments the paglet-to-paglet sends in flight may hold together.
 const IN_FLIGHT_BUDGET: usize = 64 << 20;
 
@@ -99,6 +103,15 @@ pub enum RuntimeError {
     /// The operation needs the store, and this runtime has none.
     #[error("this host has no store to keep paglets in")]
     NoStore,
+    /// The worker process running the paglet died during the call.
+    #[error("{0}")]
+    Crashed(String),
+    /// The paglet's library is quarantined.
+    #[error("{0}")]
+    Quarantined(String),
+    /// The handler ran past the handler timeout.
+    #[error("{0}")]
+    HandlerTimeout(String),
 }
 
 /// The running paglets of one host.
@@ -135,6 +148,10 @@ pub struct Runtime {
     /// Operations paglets asked for on themselves from a hook, before they were in the
     /// table (`ctx.dispatch` in `arrived`); they run once they are.
     deferred: Mutex<HashMap<String, Vec<(String, String)>>>,
+    /// The worker processes of isolated libraries, once set.
+    isolation: OnceLock<crate::isolation::Isolation>,
+    /// Messages to isolated paglets waiting on their request's thread now.
+    direct_calls: AtomicUsize,
     me: Weak<Runtime>,
 }
 
@@ -207,6 +224,11 @@ pub struct PagletDetail {
     sha256: Option<String>,
     /// Oneway messages to it that failed since it was last loaded here.
     oneway_failed: u64,
+    /// Crashes of its worker process since it was loaded here (isolated libraries).
+    crashes: u64,
+    /// The last of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_crash: Option<crate::isolation::Crash>,
 }
 
 impl Runtime {
@@ -239,6 +261,8 @@ impl Runtime {
             accepted: Mutex::default(),
             arriving: Mutex::default(),
             deferred: Mutex::default(),
+            isolation: OnceLock::new(),
+            direct_calls: AtomicUsize::new(0),
             me: me.clone(),
         }))
     }
@@ -344,13 +368,8 @@ impl Runtime {
         let context = self.context(&id, class);
         // A stored state is read as the code that wrote it left it: its version decides
         // whether the class's `upgrade` runs (a newer version than the code's is refused).
-        let mut instance = match (stored, state) {
-            (Some(record), Some(state)) => {
-                lib.library
-                    .restore(class, state, record.state_version, context)?
-            }
-            _ => lib.library.create(class, state, context)?,
-        };
+        let version = stored.filter(|_| state.is_some()).map(|r| r.state_version);
+        let mut instance = self.instantiate(&lib, class, state, version, context)?;
         instance.hook(match origin {
             Origin::New => Hook::Created,
             Origin::Restored => {
@@ -418,6 +437,9 @@ impl Runtime {
             args,
             reply,
         };
+        if paglet.is_isolated() {
+            return self.send_isolated(&paglet, job);
+        }
         if paglet.runs_inline() && paglet.try_claim() {
             // A proven-fast handler on an idle paglet: two thread hand-offs would cost
             // more than the handler itself.
@@ -428,6 +450,41 @@ impl Runtime {
         } else {
             paglet.push(job, QueueAt::Back, &self.pool);
         }
+        Ok(())
+    }
+
+    /// A message to an isolated paglet. Its handler runs in another process, so this thread
+    /// only waits: when the paglet is idle and fewer than [`DIRECT_CALLS`] such waits are
+    /// under way, the request's own thread sends it and reads the answer (taken out of the
+    /// async runtime's workers first, so that HTTP keeps all of them), saving the two thread
+    /// hand-offs of the pool; otherwise it queues like any message.
+    fn send_isolated(&self, paglet: &Arc<Paglet>, job: Job) -> Result<(), RuntimeError> {
+        let taken = self
+            .direct_calls
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < DIRECT_CALLS).then_some(n + 1)
+            })
+            .is_ok();
+        if !taken {
+            paglet.push(job, QueueAt::Back, &self.pool);
+            return Ok(());
+        }
+        if paglet.try_claim() {
+            let run = || {
+                paglet.run(job);
+                paglet.drain(&self.pool, INLINE_BUDGET);
+            };
+            let on_tokio_worker = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            if on_tokio_worker {
+                tokio::task::block_in_place(run);
+            } else {
+                run();
+            }
+        } else {
+            paglet.push(job, QueueAt::Back, &self.pool);
+        }
+        self.direct_calls.fetch_sub(1, Ordering::AcqRel);
         Ok(())
     }
 
@@ -451,13 +508,20 @@ impl Runtime {
     /// The paglets with a status `filter` lets through, by id.
     pub fn list(&self, filter: StatusFilter) -> Vec<PagletSummary> {
         let mut list: Vec<_> = Vec::new();
-        if filter.active() {
-            list.extend(self.table().values().map(|p| PagletSummary {
-                id: p.id.clone(),
-                class: p.class.clone(),
-                status: "active",
-                created_at: unix_seconds(p.created_at),
-                messages_handled: p.handled.load(Ordering::Relaxed),
+        if filter.active() || filter.quarantined() {
+            list.extend(self.table().values().filter_map(|p| {
+                let status = self.status_of(p);
+                let shown = match status {
+                    "quarantined" => filter.quarantined(),
+                    _ => filter.active(),
+                };
+                shown.then(|| PagletSummary {
+                    id: p.id.clone(),
+                    class: p.class.clone(),
+                    status,
+                    created_at: unix_seconds(p.created_at),
+                    messages_handled: p.handled.load(Ordering::Relaxed),
+                })
             }));
         }
         if filter.inactive() {
@@ -476,19 +540,29 @@ impl Runtime {
         if paglet.in_doubt.load(Ordering::Acquire) {
             return Err(RuntimeError::InDoubt(id.into()));
         }
-        let state = paglet.try_state().transpose()?;
+        let status = self.status_of(&paglet);
+        let (state, busy) = match paglet.try_state() {
+            None => (None, true),
+            Some(Ok(state)) => (Some(state), false),
+            // Its worker is gone for now: no state to show, the rest still is.
+            Some(Err(RuntimeError::Quarantined(_) | RuntimeError::Crashed(_))) => (None, false),
+            Some(Err(e)) => return Err(e),
+        };
         let code = paglet.code();
+        let (crashes, last_crash) = self.crashes_of(&paglet);
         Ok(PagletDetail {
             id: paglet.id.clone(),
             class: paglet.class.clone(),
-            status: "active",
+            status,
             created_at: unix_seconds(paglet.created_at),
             messages_handled: paglet.handled.load(Ordering::Relaxed),
-            busy: state.is_none(),
+            busy,
             state,
             generation: Some(code.generation),
             sha256: Some(code.sha256.clone()),
             oneway_failed: paglet.oneway_failed.load(Ordering::Relaxed),
+            crashes,
+            last_crash,
         })
     }
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use plugin_api::loader::Instance;
+use super::code::Code;
 use plugin_api::{Arrival, ArrivalReason, Hook, PagletError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -453,7 +453,7 @@ impl Runtime {
     fn send_away(
         &self,
         paglet: &Paglet,
-        instance: &mut Instance,
+        instance: &mut Code,
         target: &Target,
         to: &str,
         reason: ArrivalReason,
@@ -743,7 +743,7 @@ impl Runtime {
     fn copy(
         &self,
         paglet: &Paglet,
-        instance: &mut Instance,
+        instance: &mut Code,
         target: Option<Target>,
         new_id: Option<String>,
     ) -> Result<ArrivalAnswer, RuntimeError> {
@@ -862,17 +862,22 @@ impl Runtime {
             )));
         }
         let context = self.context(&id, &moved.class);
-        let mut instance = lib
-            .library
-            .restore(&moved.class, &moved.state, moved.state_version, context)
+        let mut instance = self
+            .instantiate(
+                &lib,
+                &moved.class,
+                Some(&moved.state),
+                Some(moved.state_version),
+                context,
+            )
             .map_err(|e| match e {
-                PagletError::DropsKeys { .. } | PagletError::InvalidArgs(_) => {
-                    RuntimeError::Incompatible(format!(
-                        "host '{}' cannot take the state of {id}: {e}",
-                        self.host_name
-                    ))
-                }
-                other => RuntimeError::Paglet(other),
+                RuntimeError::Paglet(
+                    e @ (PagletError::DropsKeys { .. } | PagletError::InvalidArgs(_)),
+                ) => RuntimeError::Incompatible(format!(
+                    "host '{}' cannot take the state of {id}: {e}",
+                    self.host_name
+                )),
+                other => other,
             })?;
         instance.hook(Hook::Arrived(arrival))?;
         let mut paglet = Paglet::new(id.clone(), moved.class.clone(), lib, instance, self.saver());

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
-use plugin_api::loader::Instance;
 use plugin_api::{Hook, PagletError};
 use serde_json::Value;
 
+use super::code::Code;
 use super::context::HostContext;
 use super::durable::{Checkpoint, Saver};
 use super::inline::InlineGate;
@@ -78,7 +78,7 @@ pub enum Job {
 }
 
 /// A lifecycle operation: see [`Job::Task`].
-pub type Task = Box<dyn FnOnce(&Paglet, &mut Instance) + Send>;
+pub type Task = Box<dyn FnOnce(&Paglet, &mut Code) + Send>;
 
 /// Where the jobs of a paglet that left go (another host, or the store).
 pub type Reroute = Arc<dyn Fn(Job) + Send + Sync>;
@@ -151,7 +151,7 @@ pub struct Paglet {
     /// Whether its messages may run on the HTTP worker that received them.
     inline: InlineGate,
     code: Mutex<Arc<LoadedLib>>,
-    instance: Mutex<Instance>,
+    instance: Mutex<Code>,
     mailbox: Mutex<Mailbox>,
     /// Changed since the checkpointer last read its state (interval mode).
     pub(super) dirty: AtomicBool,
@@ -167,6 +167,10 @@ pub struct Paglet {
     pub(super) departing: AtomicBool,
     /// Oneway messages to it that failed.
     pub(super) oneway_failed: AtomicU64,
+    /// Crashes of its worker before it was loaded here (none of its own).
+    pub(super) crash_base: u64,
+    /// Its code runs in a worker process.
+    isolated: AtomicBool,
 }
 
 impl Paglet {
@@ -175,9 +179,11 @@ impl Paglet {
         id: String,
         class: String,
         lib: Arc<LoadedLib>,
-        instance: Instance,
+        instance: Code,
         saver: Option<Arc<Saver>>,
     ) -> Paglet {
+        let crash_base = instance.isolated().map_or(0, |i| i.crashes().0);
+        let isolated = AtomicBool::new(instance.isolated().is_some());
         Paglet {
             id,
             class,
@@ -196,6 +202,8 @@ impl Paglet {
             in_doubt: AtomicBool::new(false),
             departing: AtomicBool::new(false),
             oneway_failed: AtomicU64::new(0),
+            crash_base,
+            isolated,
         }
     }
 
@@ -225,6 +233,11 @@ impl Paglet {
         self.inline.open()
     }
 
+    /// True when its code runs in a worker process.
+    pub fn is_isolated(&self) -> bool {
+        self.isolated.load(Ordering::Relaxed)
+    }
+
     /// The code it runs on.
     pub fn code(&self) -> Arc<LoadedLib> {
         lock(&self.code).clone()
@@ -241,20 +254,21 @@ impl Paglet {
     }
 
     /// The state, unless a job is running (then `None` at once, never waiting).
-    pub fn try_state(&self) -> Option<Result<Value, PagletError>> {
+    pub fn try_state(&self) -> Option<Result<Value, RuntimeError>> {
         let instance = self.lock_idle()?;
         Some(instance.state().and_then(|text| {
-            serde_json::from_str(&text).map_err(|e| PagletError::Failed(format!("state: {e}")))
+            serde_json::from_str(&text)
+                .map_err(|e| PagletError::Failed(format!("state: {e}")).into())
         }))
     }
 
     /// Runs `f` on the instance, waiting for a running job to finish.
-    pub fn with_instance<T>(&self, f: impl FnOnce(&Instance) -> T) -> T {
+    pub fn with_instance<T>(&self, f: impl FnOnce(&Code) -> T) -> T {
         f(&lock(&self.instance))
     }
 
     /// Runs `f` on the instance unless a job is running (then `None` at once).
-    pub fn try_with_instance<T>(&self, f: impl FnOnce(&Instance) -> T) -> Option<T> {
+    pub fn try_with_instance<T>(&self, f: impl FnOnce(&Code) -> T) -> Option<T> {
         let instance = self.lock_idle()?;
         Some(f(&instance))
     }
@@ -263,7 +277,7 @@ impl Paglet {
     /// only for a moment (a state read by the checkpointer or a detail, the end of a job that
     /// already answered), so this waits for it, briefly: a paglet that just answered is not
     /// reported busy.
-    fn lock_idle(&self) -> Option<std::sync::MutexGuard<'_, Instance>> {
+    fn lock_idle(&self) -> Option<std::sync::MutexGuard<'_, Code>> {
         let deadline = Instant::now() + IDLE_LOCK_WAIT;
         loop {
             if self.is_busy() {
@@ -398,22 +412,39 @@ impl Paglet {
             Job::Message { kind, args, reply } => {
                 let started = Instant::now();
                 let result = instance.handle(&kind, &args);
-                self.inline.note(started.elapsed());
+                // An isolated paglet never runs on an HTTP thread: its call waits on another
+                // process, for as long as the handler timeout.
+                if instance.isolated().is_none() {
+                    self.inline.note(started.elapsed());
+                }
                 self.handled.fetch_add(1, Ordering::Relaxed);
                 // The handler is done: a detail asked once the caller has its answer must not
                 // see the paglet busy (it waits the moment the lock is still held).
                 self.busy.store(false, Ordering::Release);
-                let result = result.map_err(RuntimeError::from);
+                // Its worker died (or is quarantined): the instance that ran is gone, and the
+                // one that comes back is its durable state; nothing changed to save.
+                let gone = matches!(
+                    result,
+                    Err(RuntimeError::Crashed(_)
+                        | RuntimeError::HandlerTimeout(_)
+                        | RuntimeError::Quarantined(_))
+                );
                 match &self.saver {
-                    Some(saver) => saver.after_change(self, &instance, result, reply),
-                    None => reply.send(result),
+                    Some(saver) if !gone => saver.after_change(self, &instance, result, reply),
+                    _ => reply.send(result),
                 }
             }
             Job::Migrate { lib, context, done } => {
                 // Snapshot, re-create on the new code, run the arrival hook; on failure the old
                 // instance is untouched and keeps serving.
-                match instance.migrate_to(&lib.library, context) {
+                let migrated = instance.migrate_to(&lib, context);
+                // As after a message: a detail asked once the rescan has its answer must not
+                // see the paglet busy.
+                self.busy.store(false, Ordering::Release);
+                match migrated {
                     Ok(fresh) => {
+                        self.isolated
+                            .store(fresh.isolated().is_some(), Ordering::Relaxed);
                         *instance = fresh;
                         *lock(&self.code) = lib;
                         match &self.saver {
@@ -421,12 +452,12 @@ impl Paglet {
                             None => done.send(Ok(())),
                         }
                     }
-                    Err(e) => done.send(Err(e.into())),
+                    Err(e) => done.send(Err(e)),
                 }
             }
             Job::Dispose { reply } => {
                 self.disposed.store(true, Ordering::Release);
-                let result = instance.hook(Hook::Disposing).map_err(RuntimeError::from);
+                let result = instance.hook(Hook::Disposing);
                 match &self.saver {
                     Some(saver) => saver.after_dispose(&self.id, result, reply),
                     None => reply.send(result),

@@ -90,6 +90,8 @@ impl Runtime {
         let (tx, rx) = std::sync::mpsc::channel();
         let mut queued = Vec::new();
         for lib in &report.reloaded {
+            // New code: a quarantined library gets another chance.
+            self.lift_quarantine(lib);
             queued.extend(self.queue_migrations(lib, &tx));
         }
         drop(tx);
