@@ -1,5 +1,5 @@
 //! One live paglet as the runtime holds it: its mailbox, handled one job at a time in arrival
-//! order on the worker pool, the loaded [`Instance`] that runs its code, and the library
+//! order on the worker pool, the [`Code`] that runs its code, and the library
 //! generation that code comes from.
 
 use std::collections::VecDeque;
