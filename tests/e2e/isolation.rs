@@ -410,3 +410,26 @@ fn an_isolated_paglet_creates_queues_logs_and_deactivates_itself_through_its_con
     // A message wakes it, in a worker again.
     assert_eq!(count(&host, &a), 0);
 }
+
+#[test]
+fn the_detail_of_a_paglet_whose_worker_is_stopped_answers_without_its_state() {
+    let plugins = plugins();
+    let (host, _dir) = isolated_host(&plugins, None);
+    let crashy = host.create("crashy::Crashy", json!({"count": 5}));
+    let counter = host.create("counter::Counter", json!({}));
+    let pid = worker_pid(&host, "crashy").expect("a worker runs");
+    // SAFETY: SIGSTOP, then SIGCONT, to the worker process the host started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let detail = host.get(&format!("/paglets/{crashy}")).json;
+    // SAFETY: as above.
+    let resumed = unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(resumed, 0);
+    assert_eq!(detail["busy"], true, "{detail}");
+    assert!(detail.get("state").is_none(), "{detail}");
+    assert_serving(&host, &counter);
+    wait_for("its state again", || {
+        let detail = host.get(&format!("/paglets/{crashy}")).json;
+        (detail["state"]["count"] == 5).then_some(())
+    });
+    assert_eq!(count(&host, &crashy), 5);
+}

@@ -32,6 +32,8 @@ struct State {
     reading: bool,
     answers: HashMap<u64, Result<Done, WireError>>,
     closed: bool,
+    /// Calls whose caller stopped waiting: their answers are dropped.
+    abandoned: HashSet<u64>,
 }
 
 /// One worker's socket, host side.
@@ -63,6 +65,7 @@ impl Conn {
                 reading: false,
                 answers: HashMap::new(),
                 closed: false,
+                abandoned: HashSet::new(),
             }),
             changed: Condvar::new(),
             next_seq: AtomicU64::new(1),
@@ -134,23 +137,80 @@ impl Conn {
     }
 
     fn wait(self: &Arc<Self>, seq: u64) -> Result<Done, CallFailure> {
+        loop {
+            if let Some(result) = self.wait_until(seq, None) {
+                return result;
+            }
+        }
+    }
+
+    /// Sends `call` and waits for its answer until `wait` has passed (then `None`, and the
+    /// answer is dropped when it comes): for a look that must not hold its caller, such as
+    /// a detail's state.
+    pub fn call_within(
+        self: &Arc<Self>,
+        call: Call,
+        wait: Duration,
+    ) -> Option<Result<Done, CallFailure>> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        if !self.write(&Frame::Call { seq, call }) {
+            return Some(Err(CallFailure::Closed { timed_out: false }));
+        }
+        let answer = self.wait_until(seq, Some(Instant::now() + wait));
+        if answer.is_none() {
+            let mut state = lock(&self.state);
+            if state.answers.remove(&seq).is_none() {
+                state.abandoned.insert(seq);
+            }
+        }
+        answer
+    }
+
+    /// Waits for the answer to `seq`, reading the socket when it is this caller's turn;
+    /// `None` once `deadline` passed.
+    fn wait_until(
+        self: &Arc<Self>,
+        seq: u64,
+        deadline: Option<Instant>,
+    ) -> Option<Result<Done, CallFailure>> {
         let mut state = lock(&self.state);
         loop {
             if let Some(result) = state.answers.remove(&seq) {
-                return result.map_err(CallFailure::Remote);
+                return Some(result.map_err(CallFailure::Remote));
             }
             if state.closed {
-                return Err(CallFailure::Closed { timed_out: false });
+                return Some(Err(CallFailure::Closed { timed_out: false }));
             }
+            let left = match deadline {
+                Some(deadline) => Some(deadline.checked_duration_since(Instant::now())?),
+                None => None,
+            };
             if state.reading {
-                state = self
-                    .changed
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
+                state = match left {
+                    Some(left) => {
+                        self.changed
+                            .wait_timeout(state, left)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0
+                    }
+                    None => self
+                        .changed
+                        .wait(state)
+                        .unwrap_or_else(PoisonError::into_inner),
+                };
                 continue;
             }
             state.reading = true;
             drop(state);
+            // With a deadline, read only what comes within it.
+            if let Some(left) = left
+                && !readable_within(&self.stream, left)
+            {
+                state = lock(&self.state);
+                state.reading = false;
+                self.changed.notify_all();
+                continue;
+            }
             self.read_one();
             state = lock(&self.state);
         }
@@ -165,7 +225,9 @@ impl Conn {
             state.reading = false;
             match frame {
                 Ok(Frame::Answer { seq, result }) => {
-                    state.answers.insert(seq, result);
+                    if !state.abandoned.remove(&seq) {
+                        state.answers.insert(seq, result);
+                    }
                 }
                 Ok(Frame::Back {
                     seq,
@@ -212,6 +274,20 @@ impl Conn {
         lock(&self.timed_out).insert(seq);
         Some(seq)
     }
+}
+
+/// True when `stream` has bytes to read (or its end), waiting up to `wait` for them.
+fn readable_within(stream: &UnixStream, wait: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut poll = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd.
+    let ready = unsafe { libc::poll(&mut poll, 1, ms) };
+    ready > 0
 }
 
 /// True when `stream` has bytes to read (or its end), without waiting.

@@ -746,6 +746,23 @@ impl Remote {
         .map(drop)
     }
 
+    /// The state as JSON text if the worker gives it within `wait`; `None` when it does not,
+    /// or when the instance is not in a running worker now (it is not brought back for a
+    /// look).
+    pub fn peek_state(&self, wait: Duration) -> Option<Result<String, IsolationError>> {
+        let (epoch, slot) = *lock(&self.at);
+        let conn = self.library.conn_of(epoch)?;
+        match conn.call_within(Call::State { slot }, wait)? {
+            Ok(Done::Text(state)) => {
+                *lock(&self.last) = Some((state.clone(), self.state_version));
+                Some(Ok(state))
+            }
+            Ok(other) => Some(Err(unexpected(&other))),
+            Err(CallFailure::Remote(e)) => Some(Err(IsolationError::Paglet(e.into()))),
+            Err(CallFailure::Closed { .. }) => None,
+        }
+    }
+
     /// The state as JSON text.
     pub fn state(&self) -> Result<String, IsolationError> {
         match self.on_slot(|slot| Call::State { slot })? {

@@ -57,6 +57,17 @@ impl Code {
         }
     }
 
+    /// The state for a look that must not wait (a detail): an isolated instance's worker has
+    /// `wait` to give it, and one that is not running now gives none.
+    pub fn peek_state(&self, wait: std::time::Duration) -> Option<Result<String, RuntimeError>> {
+        match self {
+            Code::Local(instance) => Some(instance.state().map_err(RuntimeError::from)),
+            Code::Remote(remote) => remote
+                .peek_state(wait)
+                .map(|r| r.map_err(RuntimeError::from)),
+        }
+    }
+
     /// The state version its state is written in.
     pub fn state_version(&self) -> u32 {
         match self {

@@ -542,7 +542,7 @@ impl Runtime {
         }
         let status = self.status_of(&paglet);
         let (state, busy) = match paglet.try_state() {
-            None => (None, true),
+            None => (None, status != "quarantined"),
             Some(Ok(state)) => (Some(state), false),
             // Its worker is gone for now: no state to show, the rest still is.
             Some(Err(RuntimeError::Quarantined(_) | RuntimeError::Crashed(_))) => (None, false),

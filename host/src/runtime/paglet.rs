@@ -1,5 +1,5 @@
 //! One live paglet as the runtime holds it: its mailbox, handled one job at a time in arrival
-//! order on the worker pool, the loaded [`Instance`] that runs its code, and the library
+//! order on the worker pool, the [`Code`] that runs its code, and the library
 //! generation that code comes from.
 
 use std::collections::VecDeque;
@@ -86,6 +86,9 @@ pub type Reroute = Arc<dyn Fn(Job) + Send + Sync>;
 /// How long [`Paglet::try_state`] waits for the instance lock while no job runs (well below
 /// the 100 ms a detail must answer in).
 const IDLE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// How long [`Paglet::try_state`] waits for an isolated paglet's worker to give its state.
+const PEEK_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Where [`Paglet::push`] puts a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,7 +259,7 @@ impl Paglet {
     /// The state, unless a job is running (then `None` at once, never waiting).
     pub fn try_state(&self) -> Option<Result<Value, RuntimeError>> {
         let instance = self.lock_idle()?;
-        Some(instance.state().and_then(|text| {
+        Some(instance.peek_state(PEEK_WAIT)?.and_then(|text| {
             serde_json::from_str(&text)
                 .map_err(|e| PagletError::Failed(format!("state: {e}")).into())
         }))
