@@ -193,6 +193,23 @@ pub struct OwnBinaryHost {
     http: reqwest::blocking::Client,
 }
 
+/// Spawns a binary the test just copied. Another test thread forking at the moment the copy
+/// was still open for writing leaves a writable descriptor in its child until that child
+/// execs, and the kernel refuses to run a file open for writing (ETXTBSY): retried, bounded.
+fn spawn_fresh_binary(command: &mut Command) -> std::process::Child {
+    const ETXTBSY: i32 = 26;
+    let deadline = std::time::Instant::now() + crate::DEADLINE;
+    loop {
+        match command.spawn() {
+            Ok(child) => return child,
+            Err(e) if e.raw_os_error() == Some(ETXTBSY) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => panic!("spawn the copied paglets binary: {e}"),
+        }
+    }
+}
+
 impl OwnBinaryHost {
     pub fn start(exe: &Path, checkout: &Path, persistence: &Path, env: &[(&str, &Path)]) -> Self {
         Self::start_with(exe, checkout, persistence, env, &[])
@@ -226,12 +243,11 @@ impl OwnBinaryHost {
         for (key, value) in env {
             command.env(key, value);
         }
-        let mut child = command
+        command
             .env_remove("PAGLETS_API_KEY")
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn the copied paglets binary");
+            .stderr(std::process::Stdio::piped());
+        let mut child = spawn_fresh_binary(&mut command);
         let (tx, lines) = std::sync::mpsc::channel();
         let out = child.stdout.take().expect("piped stdout");
         std::thread::spawn(move || {
