@@ -251,10 +251,19 @@ impl Runtime {
         paglet.handled = std::sync::atomic::AtomicU64::new(record.messages_handled);
         let awake = paglet.with_instance(|instance| paglet.record(instance))?;
         paglet.note_saved(&awake.state);
-        saver
-            .store()
-            .change_and_wait(vec![(id.into(), Some(awake))], Vec::new())
-            .map_err(not_persisted)?;
+        // Waking changes no state of its own but what `activated` did, which is durable as
+        // any change is in this mode: waited for in `sync`, queued (written within the
+        // window) otherwise. The state the paglet slept with is stored either way.
+        if self.durability() == crate::store::Durability::Sync {
+            saver
+                .store()
+                .change_and_wait(vec![(id.into(), Some(awake))], Vec::new())
+                .map_err(not_persisted)?;
+        } else {
+            saver
+                .store()
+                .change(vec![(id.into(), Some(awake))], Vec::new(), None);
+        }
         let paglet = Arc::new(paglet);
         {
             let mut table = self.paglets.write().unwrap_or_else(|p| p.into_inner());
