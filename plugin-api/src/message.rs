@@ -154,7 +154,8 @@ impl Message {
         if !self.args.is_null() {
             whole.insert("args".into(), self.args.clone());
         }
-        let first = match T::deserialize(&Value::Object(whole.clone())) {
+        let mut whole = Value::Object(whole);
+        let first = match T::deserialize(&whole) {
             Ok(value) => return Ok(value),
             Err(e) => e,
         };
@@ -162,16 +163,19 @@ impl Message {
             return Err(self.not_handled());
         }
         let empty_object = self.args.as_object().is_some_and(|args| args.is_empty());
-        if self.args.is_null() {
-            // A struct variant whose fields all have defaults, sent without args.
-            whole.insert("args".into(), Value::Object(Default::default()));
-        } else if empty_object {
-            // A unit variant, sent with `{}`.
-            whole.remove("args");
-        } else {
+        if !self.args.is_null() && !empty_object {
             return Err(self.bad_args(first));
         }
-        T::deserialize(&Value::Object(whole)).map_err(|_| self.bad_args(first))
+        if let Value::Object(fields) = &mut whole {
+            if self.args.is_null() {
+                // A struct variant whose fields all have defaults, sent without args.
+                fields.insert("args".into(), Value::Object(Default::default()));
+            } else {
+                // A unit variant, sent with `{}`.
+                fields.remove("args");
+            }
+        }
+        T::deserialize(&whole).map_err(|_| self.bad_args(first))
     }
 
     /// The answer to a kind this paglet does not handle.
