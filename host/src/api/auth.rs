@@ -1,9 +1,7 @@
 //! Bearer auth and the shutdown gate, checked before any body is read.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
@@ -11,7 +9,7 @@ use super::error::ApiError;
 
 /// Refuses requests without the right `Authorization: Bearer <key>` (when a key is set),
 /// and every request once shutdown began.
-pub async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub fn gate(state: &AppState, request: &Request) -> Result<(), ApiError> {
     if let Some(key) = &state.api_key {
         let given = request
             .headers()
@@ -23,11 +21,11 @@ pub async fn gate(State(state): State<AppState>, request: Request, next: Next) -
             if request.uri().path().starts_with("/mesh/") {
                 state.mesh.note_refused(request.uri().path());
             }
-            return ApiError::unauthorized().into_response();
+            return Err(ApiError::unauthorized());
         }
     }
     if state.runtime.is_shutting_down() {
-        return ApiError::shutting_down().into_response();
+        return Err(ApiError::shutting_down());
     }
-    next.run(request).await
+    Ok(())
 }

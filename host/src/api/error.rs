@@ -205,9 +205,10 @@ impl From<RuntimeError> for ApiError {
     }
 }
 
-/// The last layer: an error that left a handler or an extractor without the JSON shape
-/// (axum's own plain-text rejections, e.g. for a path that is not UTF-8) gets it here, so the
-/// shape holds for every route, whoever adds it.
+/// Run on every answer (by the router's one layer, `checks` in `mod.rs`): an error that left
+/// a handler or an extractor without the JSON shape (axum's own plain-text rejections, e.g.
+/// for a path that is not UTF-8) gets it here, so the shape holds for every route, whoever
+/// adds it.
 pub async fn json_errors(response: Response) -> Response {
     let status = response.status();
     let is_json = response

@@ -6,10 +6,8 @@
 
 use std::net::IpAddr;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{Method, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::ApiError;
@@ -25,14 +23,7 @@ pub fn media_type(path: &str) -> &'static str {
 
 /// Refuses a keyless host's requests under a foreign `Host` (403), a POST without the
 /// route's media type (415), and a declared body over the limit (413).
-pub async fn check(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Err(error) = admit(&state, &request) {
-        return error.into_response();
-    }
-    next.run(request).await
-}
-
-fn admit(state: &AppState, request: &Request) -> Result<(), ApiError> {
+pub fn admit(state: &AppState, request: &Request) -> Result<(), ApiError> {
     let headers = request.headers();
     if state.api_key.is_none() {
         let host = headers

@@ -14,7 +14,9 @@ mod paglets;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::config::HostConfig;
@@ -22,9 +24,26 @@ use crate::runtime::Runtime;
 pub use error::ApiError;
 pub use extract::{JsonBody, PagletId};
 
-/// What every handler shares.
+/// What every handler shares: one `Arc`, cloned for every request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl From<Shared> for AppState {
+    fn from(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct Shared {
     /// The paglets.
     pub runtime: Arc<Runtime>,
     /// The host's settings.
@@ -78,21 +97,24 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            moving::forwarding,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            guard::check,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::gate,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), checks))
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::map_response(error::json_errors))
         .with_state(state)
+}
+
+/// What every request passes, in order: the bearer gate (`auth.rs`), the guard (`guard.rs`)
+/// and the 308 of a paglet that left (`moving.rs`), all before the body is read; then its
+/// handler; then the JSON shape for any error that left without it (`error.rs`). One layer
+/// rather than several: each layer clones the route on every request.
+async fn checks(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let refused = auth::gate(&app, &request)
+        .and_then(|()| guard::admit(&app, &request))
+        .err()
+        .or_else(|| moving::forwarded(&app, &request));
+    match refused {
+        Some(error) => error.into_response(),
+        None => error::json_errors(next.run(request).await).await,
+    }
 }
 
 /// Runs blocking work (paglet code, file I/O) off the async workers.

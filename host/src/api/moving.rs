@@ -5,7 +5,6 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use plugin_api::{ArrivalReason, PagletError};
 use serde::Deserialize;
@@ -157,29 +156,24 @@ pub async fn arrivals(State(app): State<AppState>, body: Bytes) -> Result<Json<V
     Ok(Json(json!(answer)))
 }
 
-/// Answers 308 `moved` for a paglet that left this host (while `--forward-ttl` lasts): the
-/// same path and query on its new host.
-pub async fn forwarding(State(app): State<AppState>, req: Request, next: Next) -> Response {
+/// 308 `moved` for a request about a paglet that left this host (while `--forward-ttl`
+/// lasts): the same path and query on its new host.
+pub fn forwarded(app: &AppState, req: &Request) -> Option<ApiError> {
     let path = req.uri().path();
     // A retract is asked of the host the paglet comes back to: never forwarded.
-    if let Some(rest) = path
+    let rest = path
         .strip_prefix("/paglets/")
-        .filter(|rest| !rest.ends_with("/retract"))
-    {
-        let id = rest.split('/').next().unwrap_or_default();
-        if let Some(url) = app
-            .runtime
-            .forward_url(id)
-            .filter(|_| !app.runtime.exists(id))
-        {
-            let query = req
-                .uri()
-                .query()
-                .map(|q| format!("?{q}"))
-                .unwrap_or_default();
-            let location = format!("{}{path}{query}", url.trim_end_matches('/'));
-            return ApiError::moved(id, &location).into_response();
-        }
-    }
-    next.run(req).await
+        .filter(|rest| !rest.ends_with("/retract"))?;
+    let id = rest.split('/').next().unwrap_or_default();
+    let url = app
+        .runtime
+        .forward_url(id)
+        .filter(|_| !app.runtime.exists(id))?;
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let location = format!("{}{path}{query}", url.trim_end_matches('/'));
+    Some(ApiError::moved(id, &location))
 }

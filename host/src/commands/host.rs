@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::{CommandResult, Exit, Failure};
-use crate::api::{AppState, listen, router};
+use crate::api::{AppState, Shared, listen, router};
 use crate::cli::HostArgs;
 use crate::config::HostConfig;
 use crate::mesh::align::Aligner;
@@ -168,7 +168,7 @@ async fn serve(
         }
         _ => None,
     };
-    let state = AppState {
+    let state = AppState::from(Shared {
         runtime: runtime.clone(),
         config: config.clone(),
         public_host: listen::url_host(&public_url).map(Arc::from),
@@ -178,7 +178,7 @@ async fn serve(
         restart: Arc::new(tokio::sync::Notify::new()),
         mesh: mesh.clone(),
         aligner,
-    };
+    });
     let restart = state.restart.clone();
     let limits = listen::Limits {
         max_connections: config.max_connections,
