@@ -161,6 +161,11 @@ pub struct HostArgs {
     /// Threads that run paglet handlers [default: 8].
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Seconds a caller waits for a paglet's handler before it gets 504 handler-timeout; the
+    /// handler itself runs on, its paglet busy, until it returns. 0 waits as long as it
+    /// takes [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub handler_timeout: Option<f64>,
     /// Seconds a host answers requests for a paglet that left with 308 and its new host
     /// [default: 600].
     #[arg(long)]

@@ -61,6 +61,9 @@ pub struct HostConfig {
     pub max_library_size: u64,
     /// Worker threads for paglet code.
     pub workers: usize,
+    /// How long a caller waits for paglet code before it gets 504 `handler-timeout`
+    /// (`--handler-timeout`; `None` when 0: as long as it takes).
+    pub handler_timeout: Option<Duration>,
     /// How long requests for a paglet that left are answered with 308.
     pub forward_ttl: Duration,
     /// Largest arriving paglet.
@@ -77,10 +80,8 @@ pub struct HostConfig {
     pub isolate: Vec<crate::isolation::Settings>,
 }
 
-/// The handler timeout of isolated libraries without one of their own.
-fn default_handler_timeout() -> Option<Duration> {
-    Some(Duration::from_secs(30))
-}
+/// `--handler-timeout` unless set.
+const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One `[[isolate]]` entry.
 #[derive(Debug, Deserialize)]
@@ -101,10 +102,11 @@ enum Timeout {
 }
 
 impl Timeout {
+    /// The duration (`None`: off); `key` names the setting in an error.
     fn duration(self, key: &str) -> Result<Option<Duration>, UsageError> {
         let bad = |text: &str| {
             UsageError(format!(
-                "[[isolate]] {key}: '{text}' is not a duration (e.g. 30, 0.5, \"250ms\", \"2s\")"
+                "{key}: '{text}' is not a duration (e.g. 30, 0.5, \"250ms\", \"2s\")"
             ))
         };
         let seconds = match self {
@@ -126,10 +128,11 @@ impl Timeout {
 }
 
 /// `--isolate` and `[[isolate]]` together: an entry of the file gives a flag's library its
-/// limits.
+/// limits; a library without a handler timeout of its own has the host's, `handler_timeout`.
 fn isolate(
     flags: Vec<String>,
     entries: Vec<IsolateEntry>,
+    handler_timeout: Option<Duration>,
 ) -> Result<Vec<crate::isolation::Settings>, UsageError> {
     let mut settings: Vec<crate::isolation::Settings> = Vec::new();
     for entry in entries {
@@ -149,14 +152,14 @@ fn isolate(
             ),
             None => None,
         };
-        let handler_timeout = match entry.handler_timeout {
-            Some(timeout) => timeout.duration("handler_timeout")?,
-            None => default_handler_timeout(),
+        let own_timeout = match entry.handler_timeout {
+            Some(timeout) => timeout.duration("[[isolate]] handler_timeout")?,
+            None => handler_timeout,
         };
         settings.push(crate::isolation::Settings {
             library: entry.library,
             memory_limit,
-            handler_timeout,
+            handler_timeout: own_timeout,
         });
     }
     for library in flags {
@@ -167,7 +170,7 @@ fn isolate(
             settings.push(crate::isolation::Settings {
                 library,
                 memory_limit: None,
-                handler_timeout: default_handler_timeout(),
+                handler_timeout,
             });
         }
     }
@@ -247,6 +250,7 @@ struct HostSection {
     allow_insecure_paths: Option<bool>,
     max_library_size: Option<Size>,
     workers: Option<usize>,
+    handler_timeout: Option<Timeout>,
     forward_ttl: Option<u64>,
     max_transfer: Option<Size>,
 }
@@ -447,7 +451,16 @@ impl HostConfig {
             .or(host.persistence_dir.take().map(rel))
             .unwrap_or_else(|| home().join(".paglets/hosts").join(&name));
         let mesh = mesh_settings(&mut args, &mut host, file.mesh)?;
-        let isolate = isolate(std::mem::take(&mut args.isolate), file.isolate)?;
+        let handler_timeout = match (args.handler_timeout, host.handler_timeout.take()) {
+            (Some(seconds), _) => handler_timeout(seconds)?,
+            (None, Some(timeout)) => timeout.duration("[host] handler_timeout")?,
+            (None, None) => Some(DEFAULT_HANDLER_TIMEOUT),
+        };
+        let isolate = isolate(
+            std::mem::take(&mut args.isolate),
+            file.isolate,
+            handler_timeout,
+        )?;
         let checkpoint_ms = args.checkpoint_ms.or(host.checkpoint_ms).unwrap_or(100);
         if checkpoint_ms == 0 {
             return Err(UsageError("--checkpoint-ms must be at least 1".into()));
@@ -505,12 +518,25 @@ impl HostConfig {
                 (None, None) => crate::registry::DEFAULT_MAX_LIBRARY_SIZE,
             },
             workers: args.workers.or(host.workers).unwrap_or(8),
+            handler_timeout,
             auto_update,
             startup: file.startup,
             mesh,
             isolate,
         })
     }
+}
+
+/// `--handler-timeout`: seconds (fractions allowed); 0 turns it off.
+fn handler_timeout(seconds: f64) -> Result<Option<Duration>, UsageError> {
+    if seconds == 0.0 {
+        return Ok(None);
+    }
+    Duration::try_from_secs_f64(seconds).map(Some).map_err(|_| {
+        UsageError(format!(
+            "--handler-timeout {seconds}: use a number of seconds (0 turns it off)"
+        ))
+    })
 }
 
 /// `--name`: required, and following the id rule (it becomes a folder name).
@@ -706,8 +732,9 @@ mod tests {
              [[isolate]]\nlibrary = \"hello\"\nhandler_timeout = 0\n",
         )
         .expect("parses");
+        let host = Some(std::time::Duration::from_secs(7));
         let settings =
-            super::isolate(vec!["pi".into(), "counter".into()], file.isolate).expect("valid");
+            super::isolate(vec!["pi".into(), "counter".into()], file.isolate, host).expect("valid");
         let by_name = |name: &str| {
             settings
                 .iter()
@@ -724,16 +751,17 @@ mod tests {
         assert_eq!(by_name("hello").handler_timeout, None);
         assert_eq!(
             by_name("counter").handler_timeout,
-            super::default_handler_timeout()
+            host,
+            "the host's handler timeout, without one of its own"
         );
         let twice: super::LaunchFile =
             toml::from_str("[[isolate]]\nlibrary = \"pi\"\n[[isolate]]\nlibrary = \"pi\"\n")
                 .expect("parses");
-        assert!(super::isolate(Vec::new(), twice.isolate).is_err());
+        assert!(super::isolate(Vec::new(), twice.isolate, host).is_err());
         let bad: super::LaunchFile =
             toml::from_str("[[isolate]]\nlibrary = \"pi\"\nhandler_timeout = \"soon\"\n")
                 .expect("parses");
-        let err = super::isolate(Vec::new(), bad.isolate).expect_err("not a duration");
+        let err = super::isolate(Vec::new(), bad.isolate, host).expect_err("not a duration");
         assert!(err.to_string().contains("handler_timeout"), "{err}");
     }
 
@@ -776,5 +804,34 @@ mod tests {
             toml::from_str("[host]\nproperty = [\"room\"]\n").expect("parses");
         let err = bad.host.property.into_map().expect_err("not KEY=VALUE");
         assert!(err.to_string().contains("'room'"), "{err}");
+    }
+
+    #[test]
+    fn the_handler_timeout_is_seconds_0_turns_it_off_and_the_file_takes_durations() {
+        use std::time::Duration;
+        assert_eq!(super::handler_timeout(0.0).expect("off"), None);
+        assert_eq!(
+            super::handler_timeout(1.5).expect("fractions"),
+            Some(Duration::from_millis(1500))
+        );
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            let err = super::handler_timeout(bad).expect_err("refused");
+            assert!(err.to_string().contains("--handler-timeout"), "{err}");
+        }
+        for (text, expected) in [
+            ("5", Some(Duration::from_secs(5))),
+            ("0.25", Some(Duration::from_millis(250))),
+            ("\"250ms\"", Some(Duration::from_millis(250))),
+            ("0", None),
+        ] {
+            let file: super::LaunchFile =
+                toml::from_str(&format!("[host]\nhandler_timeout = {text}\n")).expect("parses");
+            let timeout = file.host.handler_timeout.expect("set");
+            assert_eq!(
+                timeout.duration("[host] handler_timeout").expect("valid"),
+                expected,
+                "{text}"
+            );
+        }
     }
 }

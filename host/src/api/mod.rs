@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::config::HostConfig;
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, RuntimeError};
 pub use error::ApiError;
 pub use extract::{JsonBody, PagletId};
 
@@ -114,6 +114,20 @@ async fn checks(State(app): State<AppState>, request: Request, next: Next) -> Re
     match refused {
         Some(error) => error.into_response(),
         None => error::json_errors(next.run(request).await).await,
+    }
+}
+
+/// Waits for `work` that waits for paglet code (a hook, or a disposal queued behind
+/// messages) at most the handler timeout; past it, 504 `handler-timeout` (the code runs on).
+pub async fn within_handler_timeout<T>(
+    app: &AppState,
+    work: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    match app.runtime.handler_timeout() {
+        Some(limit) => tokio::time::timeout(limit, work)
+            .await
+            .unwrap_or_else(|_| Err(RuntimeError::waited_past(limit).into())),
+        None => work.await,
     }
 }
 

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::paglets::wake;
-use super::{ApiError, AppState, JsonBody, PagletId, blocking};
+use super::{ApiError, AppState, JsonBody, PagletId, blocking, within_handler_timeout};
 use crate::runtime::{ArrivalAnswer, ArrivalBody, Replier, RuntimeError};
 
 /// `POST /paglets/{id}/dispatch` body.
@@ -133,7 +133,7 @@ pub async fn deactivate(
     let (tx, rx) = oneshot::channel();
     app.runtime
         .deactivate(&id, Replier::new(move |r| drop(tx.send(r))))?;
-    answered(rx).await?;
+    within_handler_timeout(&app, answered(rx)).await?;
     Ok(Json(json!({"id": id, "status": "inactive"})))
 }
 

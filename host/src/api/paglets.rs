@@ -10,13 +10,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::{ApiError, AppState, JsonBody, PagletId, blocking};
+use super::{ApiError, AppState, JsonBody, PagletId, blocking, within_handler_timeout};
 use crate::runtime::{Origin, Replier, RuntimeError, StatusFilter};
 
 /// Wakes an inactive paglet (off the async workers: it reads the store and runs its code).
 pub(super) async fn wake(app: &AppState, id: &str) -> Result<(), ApiError> {
     let (rt, id) = (app.runtime.clone(), id.to_string());
-    blocking(move || rt.activate(&id).map(drop).map_err(ApiError::from)).await
+    let woken = blocking(move || rt.activate(&id).map(drop).map_err(ApiError::from));
+    within_handler_timeout(app, woken).await
 }
 
 /// `POST /paglets` body.
@@ -59,15 +60,15 @@ pub async fn create(
     }
     let rt = app.runtime.clone();
     let class = body.class.clone();
-    let id = blocking(move || {
+    let created = blocking(move || {
         Ok(rt.create(
             &body.class,
             body.state.as_ref(),
             body.id.as_deref(),
             Origin::New,
         )?)
-    })
-    .await?;
+    });
+    let id = within_handler_timeout(&app, created).await?;
     Ok((StatusCode::CREATED, Json(json!({"id": id, "class": class}))).into_response())
 }
 
@@ -115,31 +116,13 @@ pub async fn send(
         )
             .into_response());
     }
-    let (tx, rx) = oneshot::channel();
-    let first = app.runtime.send(
-        &id,
-        &body.kind,
-        args.clone(),
-        Replier::new(move |r| drop(tx.send(r))),
-    );
-    let rx = match first {
-        Ok(()) => rx,
+    let reply = match app.runtime.ask(&id, &body.kind, args.clone()).await {
         Err(RuntimeError::Inactive(_)) => {
             wake(&app, &id).await?;
-            let (tx, rx) = oneshot::channel();
-            app.runtime.send(
-                &id,
-                &body.kind,
-                args,
-                Replier::new(move |r| drop(tx.send(r))),
-            )?;
-            rx
+            app.runtime.ask(&id, &body.kind, args).await?
         }
-        Err(e) => return Err(e.into()),
+        other => other?,
     };
-    let reply = rx
-        .await
-        .unwrap_or_else(|_| Err(PagletError::failed("the reply was dropped").into()))?;
     // The reply is JSON text serialised by the paglet's serde_json; wrap it without a re-parse.
     let body = format!("{{\"reply\":{reply}}}");
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
@@ -157,8 +140,12 @@ pub async fn dispose(
     }
     app.runtime.dispose(&id, replier)?;
     // No answer means the disposing hook's outcome is unknown: never a 204 then.
-    rx.await.unwrap_or_else(|_| {
-        Err(PagletError::failed("the disposal was lost before it answered").into())
-    })?;
+    let disposed = async {
+        rx.await.unwrap_or_else(|_| {
+            Err(PagletError::failed("the disposal was lost before it answered").into())
+        })?;
+        Ok(())
+    };
+    within_handler_timeout(&app, disposed).await?;
     Ok(StatusCode::NO_CONTENT)
 }

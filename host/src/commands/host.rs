@@ -69,6 +69,7 @@ pub fn run(args: Box<HostArgs>) -> CommandResult {
     runtime
         .isolate(config.isolate.clone())
         .context("start the supervisor of worker processes")?;
+    runtime.limit_handlers(config.handler_timeout);
     // Each refused file or folder is logged by the registry as it is found.
     runtime.rescan();
     runtime.restore(stored);
@@ -87,6 +88,7 @@ pub fn run(args: Box<HostArgs>) -> CommandResult {
         }
     }
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(crate::runtime::http_workers())
         .enable_all()
         .build()
         .context("start the async runtime")?

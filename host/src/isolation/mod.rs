@@ -274,6 +274,11 @@ impl Isolated {
         &self.settings.library
     }
 
+    /// How long a handler or hook may run before this worker is killed.
+    pub fn handler_timeout(&self) -> Option<Duration> {
+        self.settings.handler_timeout
+    }
+
     /// True while quarantined.
     pub fn is_quarantined(&self) -> bool {
         lock(&self.inner).phase == Phase::Quarantined

@@ -7,15 +7,18 @@ use plugin_api::PagletError;
 use plugin_api::loader;
 use serde_json::Value;
 
-use super::paglet::{Job, QueueAt, Replier};
-use super::{Origin, Runtime, RuntimeError, SEND_TIMEOUT, deadlock};
+use super::mailbox::QueueAt;
+use super::paglet::{Job, Replier};
+use super::{Origin, Runtime, RuntimeError, deadlock};
 
 impl Runtime {
-    /// A message from paglet `from` (inside its handler) to `to`: runs inline when `to` is
-    /// idle, otherwise waits for it (bounded). A send that would wait on itself (through any
-    /// chain of sends in flight, whichever call started them) fails at once with
-    /// [`PagletError::Deadlock`]; one whose arguments do not fit the in-flight budget fails
-    /// too.
+    /// A message from paglet `from` (inside its handler) to `to`. When `to` is idle it runs
+    /// on the sender's own thread, inside the sender's handler, so the sender's handler
+    /// timeout bounds it (its caller gets 504 past it); otherwise it is queued and waited
+    /// for at most the send timeout (the handler timeout, or 30 s when that is off). A send
+    /// that would wait on itself (through any chain of sends in flight, whichever call
+    /// started them) fails at once with [`PagletError::Deadlock`]; one whose arguments do
+    /// not fit the in-flight budget fails too.
     fn send_from(
         &self,
         from: &str,
@@ -61,18 +64,28 @@ impl Runtime {
             kind: kind.into(),
             args: args.into(),
             reply: Replier::new(move |r| drop(tx.send(r))),
+            inline: false,
         };
+        // The sender may be an inline runner on an HTTP worker (see `ask.rs`): tell tokio
+        // before that thread waits for another process or for a queue, so the worker's other
+        // tasks move to another thread.
+        let on_tokio_worker = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         if target.try_claim() {
-            target.run(job);
-            target.release(&self.pool);
+            let run = || {
+                target.run(job);
+                target.release(&self.pool);
+            };
+            if on_tokio_worker && target.is_isolated() {
+                tokio::task::block_in_place(run);
+            } else {
+                run();
+            }
         } else {
             target.push(job, QueueAt::Back, &self.pool);
         }
-        let wait = || rx.recv_timeout(SEND_TIMEOUT);
-        // The sender may be a fast handler running on an HTTP worker (see `send`): tell
-        // tokio before blocking it, so the worker's other tasks move to another thread.
-        let on_tokio_worker = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let limit = self.send_timeout(&target);
+        let wait = || rx.recv_timeout(limit);
         let answer = if on_tokio_worker {
             tokio::task::block_in_place(wait)
         } else {
@@ -84,7 +97,7 @@ impl Runtime {
             Ok(Err(e)) => Err(PagletError::Failed(e.to_string())),
             Err(_) => Err(PagletError::Failed(format!(
                 "no reply from {to} within {}s",
-                SEND_TIMEOUT.as_secs()
+                limit.as_secs_f64()
             ))),
         }
     }

@@ -20,7 +20,8 @@ use serde_json::Value;
 
 use super::Origin;
 use super::code::Code;
-use super::paglet::{Job, Paglet, QueueAt, Replier};
+use super::mailbox::QueueAt;
+use super::paglet::{Job, Paglet, Replier};
 use super::{Runtime, RuntimeError, lock};
 use crate::registry::unix_seconds;
 use crate::store::{Durability, Persistence, Record, Status, Store, StoreError};
@@ -215,7 +216,7 @@ impl Runtime {
             return Ok(id);
         };
         let wait = || commit.recv().unwrap_or(Err(StoreError::Closed));
-        // A paglet creating another from a handler that runs on an HTTP worker (see `send`):
+        // A paglet creating another from an inline runner on an HTTP worker (see `ask.rs`):
         // tell tokio before blocking it on the disk, so the worker's other tasks move on.
         let on_tokio_worker = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);

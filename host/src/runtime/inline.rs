@@ -1,83 +1,88 @@
-//! Which paglets may run a message on the HTTP worker that received it: a small state machine
-//! over the durations of their handlers, kept in one atomic word per paglet.
+//! Which messages run on the HTTP workers ("inline"), and the bound that keeps the API
+//! answering while they do.
+//!
+//! Handing a message to a pool thread and its answer back costs two thread wake-ups, more
+//! than a whole request to a fast handler, so a message over HTTP runs on the HTTP worker
+//! that received it when it can, in an inline runner: a task of its own, never the request's
+//! (see `ask.rs`). That must never take the HTTP workers away from the API: at most
+//! [`Permits`] runners run at once, and the async runtime has one worker more than that
+//! ([`http_workers`]), so one worker is always free to serve `/health`, `GET /paglets/{id}`
+//! and every other request, however long the handlers that hold the others run. [`Pace`]
+//! keeps paglets whose last handler was slow on the pool, so slow paglets do not take the
+//! permits fast ones use.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// A handler faster than this, every time so far, may run on the HTTP worker directly.
-const INLINE_BELOW: Duration = Duration::from_micros(50);
-/// A message this slow from an eligible paglet sends it back to the pool for good (well
-/// above the scheduling hiccups of a busy machine).
-const DEMOTE_AT: Duration = Duration::from_millis(1);
-/// How many fast messages, run on the pool, make a paglet eligible.
-const INLINE_AFTER: u32 = 8;
+/// A handler at least this slow sends its paglet's next message to the pool.
+const SLOW: Duration = Duration::from_millis(1);
 
-/// Where a paglet stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Speed {
-    /// Not eligible yet: this many fast messages in a row (fewer than `INLINE_AFTER`).
-    Learning(u32),
-    /// Its messages may run inline.
-    Eligible,
-    /// One message was slow after it became eligible: never inline again.
-    Demoted,
+/// How many handlers may run inline at once: one per core, so inline handlers can use the
+/// whole machine.
+pub fn inline_permits() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-impl Speed {
-    /// The state after a handler that took `took`.
-    pub fn after(self, took: Duration) -> Speed {
-        match self {
-            Speed::Demoted => Speed::Demoted,
-            Speed::Eligible if took >= DEMOTE_AT => Speed::Demoted,
-            Speed::Eligible => Speed::Eligible,
-            // A slow message (a cold first call, say) restarts the count.
-            Speed::Learning(_) if took >= INLINE_BELOW => Speed::Learning(0),
-            Speed::Learning(n) if n + 1 >= INLINE_AFTER => Speed::Eligible,
-            Speed::Learning(n) => Speed::Learning(n + 1),
-        }
+/// The async runtime's worker threads: one more than the inline permits, so one is always
+/// free for the API.
+pub fn http_workers() -> usize {
+    inline_permits() + 1
+}
+
+/// The inline permits: a counter with a bound.
+#[derive(Debug)]
+pub struct Permits {
+    taken: AtomicUsize,
+    bound: usize,
+}
+
+/// One inline permit, given back when dropped.
+#[derive(Debug)]
+pub struct Permit(Arc<Permits>);
+
+impl Permits {
+    /// `bound` permits (at least one).
+    pub fn new(bound: usize) -> Arc<Permits> {
+        Arc::new(Permits {
+            taken: AtomicUsize::new(0),
+            bound: bound.max(1),
+        })
     }
 
-    fn encode(self) -> u32 {
-        match self {
-            Speed::Learning(n) => n.min(INLINE_AFTER - 1),
-            Speed::Eligible => INLINE_AFTER,
-            Speed::Demoted => u32::MAX,
-        }
-    }
-
-    fn decode(word: u32) -> Speed {
-        match word {
-            u32::MAX => Speed::Demoted,
-            n if n >= INLINE_AFTER => Speed::Eligible,
-            n => Speed::Learning(n),
-        }
+    /// A permit, unless all are taken.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        self.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+                (taken < self.bound).then_some(taken + 1)
+            })
+            .ok()
+            .map(|_| Permit(self.clone()))
     }
 }
 
-/// One paglet's [`Speed`], shared by the threads that run its messages.
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.taken.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How long a paglet's last handler took, in microseconds (saturating).
 #[derive(Debug, Default)]
-pub struct InlineGate(AtomicU32);
+pub struct Pace(AtomicU32);
 
-impl InlineGate {
-    /// True after enough fast messages in a row: the caller may run the next one on its own
-    /// (HTTP) thread instead of handing it to the pool. One slow message after that ends this
-    /// for good, so a long handler holds an HTTP worker at most once per paglet.
-    pub fn open(&self) -> bool {
-        self.speed() == Speed::Eligible
-    }
-
-    /// The current state.
-    pub fn speed(&self) -> Speed {
-        Speed::decode(self.0.load(Ordering::Relaxed))
+impl Pace {
+    /// True unless its last handler was slow: its next message may run inline. One fast
+    /// handler, wherever it ran, makes it eligible again, so a hiccup costs one message a
+    /// trip through the pool and nothing more.
+    pub fn runs_inline(&self) -> bool {
+        u128::from(self.0.load(Ordering::Relaxed)) < SLOW.as_micros()
     }
 
     /// Records a handler's duration.
     pub fn note(&self, took: Duration) {
-        let _ = self
-            .0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
-                Some(Speed::decode(word).after(took).encode())
-            });
+        let micros = u32::try_from(took.as_micros()).unwrap_or(u32::MAX);
+        self.0.store(micros, Ordering::Relaxed);
     }
 }
 
@@ -85,73 +90,41 @@ impl InlineGate {
 mod tests {
     use super::*;
 
-    const FAST: Duration = Duration::from_micros(5);
-    const MEDIUM: Duration = Duration::from_micros(200);
-    const SLOW: Duration = Duration::from_millis(5);
-
-    fn gate_after(durations: &[Duration]) -> InlineGate {
-        let gate = InlineGate::default();
-        for took in durations {
-            gate.note(*took);
-        }
-        gate
+    #[test]
+    fn permits_run_out_and_come_back() {
+        let permits = Permits::new(2);
+        let first = permits.try_acquire().expect("first");
+        let second = permits.try_acquire().expect("second");
+        assert!(permits.try_acquire().is_none());
+        drop(first);
+        let third = permits
+            .try_acquire()
+            .expect("a permit given back is taken again");
+        assert!(permits.try_acquire().is_none());
+        drop((second, third));
+        assert_eq!(permits.taken.load(Ordering::Relaxed), 0);
     }
 
     #[test]
-    fn a_new_paglet_runs_on_the_pool() {
-        assert_eq!(InlineGate::default().speed(), Speed::Learning(0));
-        assert!(!InlineGate::default().open());
+    fn there_is_always_a_permit_and_a_worker_more() {
+        assert!(Permits::new(0).try_acquire().is_some());
+        assert_eq!(http_workers(), inline_permits() + 1);
     }
 
     #[test]
-    fn enough_fast_messages_in_a_row_make_it_eligible() {
-        let almost = gate_after(&[FAST; INLINE_AFTER as usize - 1]);
-        assert_eq!(almost.speed(), Speed::Learning(INLINE_AFTER - 1));
-        assert!(!almost.open());
-        almost.note(FAST);
-        assert!(almost.open());
-    }
-
-    #[test]
-    fn a_slow_message_while_learning_restarts_the_count() {
-        let mut durations = vec![FAST; INLINE_AFTER as usize - 1];
-        durations.push(MEDIUM);
-        let gate = gate_after(&durations);
-        assert_eq!(gate.speed(), Speed::Learning(0));
-        for _ in 0..INLINE_AFTER {
-            gate.note(FAST);
-        }
-        assert!(gate.open());
-    }
-
-    #[test]
-    fn an_eligible_paglet_tolerates_hiccups_below_the_demotion_bound() {
-        let gate = gate_after(&[FAST; INLINE_AFTER as usize]);
-        gate.note(MEDIUM);
-        assert!(gate.open(), "200 µs is a hiccup, not a slow handler");
-    }
-
-    #[test]
-    fn one_slow_message_after_eligibility_demotes_for_good() {
-        let gate = gate_after(&[FAST; INLINE_AFTER as usize]);
-        gate.note(SLOW);
-        assert_eq!(gate.speed(), Speed::Demoted);
-        for _ in 0..100 {
-            gate.note(FAST);
-        }
-        assert_eq!(gate.speed(), Speed::Demoted);
-        assert!(!gate.open());
-    }
-
-    #[test]
-    fn every_state_survives_its_encoding() {
-        for speed in [
-            Speed::Learning(0),
-            Speed::Learning(INLINE_AFTER - 1),
-            Speed::Eligible,
-            Speed::Demoted,
-        ] {
-            assert_eq!(Speed::decode(speed.encode()), speed);
-        }
+    fn a_slow_handler_sends_only_the_next_message_to_the_pool() {
+        let pace = Pace::default();
+        assert!(pace.runs_inline(), "a new paglet may run inline");
+        pace.note(Duration::from_micros(5));
+        assert!(pace.runs_inline());
+        pace.note(Duration::from_millis(20));
+        assert!(!pace.runs_inline());
+        pace.note(Duration::from_micros(5));
+        assert!(
+            pace.runs_inline(),
+            "one fast handler makes it eligible again"
+        );
+        pace.note(Duration::from_secs(1 << 40));
+        assert!(!pace.runs_inline(), "a duration past u32 saturates");
     }
 }

@@ -11,7 +11,8 @@ use plugin_api::{Hook, PagletError};
 use serde_json::Value;
 
 use super::code::Code;
-use super::paglet::{Job, Paglet, QueueAt, Replier, Task};
+use super::mailbox::QueueAt;
+use super::paglet::{Job, Paglet, Replier, Task};
 use super::{PagletDetail, PagletSummary, Runtime, RuntimeError, lock};
 use crate::store::{Status, StoreError};
 
@@ -304,6 +305,7 @@ impl Runtime {
             kind: kind.into(),
             args,
             reply: self.oneway_replier(&paglet, &message_id, kind),
+            inline: false,
         };
         paglet.push(job, QueueAt::Back, &self.pool);
         Ok(message_id)
@@ -361,6 +363,7 @@ impl Runtime {
                     kind: kind.into(),
                     args: args.into(),
                     reply,
+                    inline: false,
                 };
                 self.forward_jobs(url, to.to_string(), vec![job]);
                 Ok(message_id)

@@ -1,11 +1,13 @@
 //! The runtime: the table of live paglets, create/send/dispose, reload migration and the
 //! host context paglets talk to.
 
+mod ask;
 mod code;
 mod context;
 mod durable;
 mod inline;
 mod lifecycle;
+mod mailbox;
 mod moving;
 mod paglet;
 mod pool;
@@ -25,23 +27,25 @@ use serde_json::Value;
 use crate::registry::{ClassError, LoadedLib, Registry, unix_seconds};
 use crate::store::Record;
 pub use context::HostContext;
+pub use inline::http_workers;
 pub use lifecycle::StatusFilter;
+use mailbox::QueueAt;
 pub use moving::{ArrivalAnswer, ArrivalBody, Net};
+use paglet::Job;
 pub use paglet::Paglet;
 pub use paglet::Replier;
-use paglet::{Job, QueueAt};
 use pool::Pool;
 pub use reload::RescanReply;
 use waits::{InFlight, WaitGraph};
 
-/// Jobs an HTTP worker runs for a paglet it ran a message for inline, before handing the
-/// rest of its queue to the pool.
-const INLINE_BUDGET: usize = 16;
-/// How long a paglet-to-paglet send waits for its reply.
+/// How long a paglet-to-paglet send waits for its reply when there is no handler timeout.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many messages to isolated paglets may wait for their worker on the threads of the
-/// requests that sent them, outside the async runtime's workers (see `Runtime::send`).
+/// requests that sent them, outside the async runtime's workers (see `send_isolated`).
 const DIRECT_CALLS: usize = 8;
+/// Jobs a direct call to an isolated paglet runs for it (what queued meanwhile), before
+/// handing the rest of its queue to the pool.
+const DIRECT_BUDGET: usize = 16;
 /// How many bytes of arguments the paglet-to-paglet sends in flight may hold together.
 const IN_FLIGHT_BUDGET: usize = 64 << 20;
 
@@ -109,9 +113,21 @@ pub enum RuntimeError {
     /// The paglet's library is quarantined.
     #[error("{0}")]
     Quarantined(String),
-    /// The handler ran past the handler timeout.
+    /// The handler ran past the handler timeout (an isolated one's worker was stopped; an
+    /// in-process one runs on, see [`RuntimeError::waited_past`]).
     #[error("{0}")]
     HandlerTimeout(String),
+}
+
+impl RuntimeError {
+    /// The caller waited for in-process paglet code longer than `limit`, the handler timeout.
+    pub fn waited_past(limit: Duration) -> RuntimeError {
+        RuntimeError::HandlerTimeout(format!(
+            "the paglet did not answer within {}s (--handler-timeout); its code runs on and \
+             the paglet stays busy until it returns",
+            limit.as_secs_f64()
+        ))
+    }
 }
 
 /// The running paglets of one host.
@@ -121,6 +137,10 @@ pub struct Runtime {
     registry: Registry,
     paglets: RwLock<HashMap<String, Arc<Paglet>>>,
     pool: Pool,
+    /// How many handlers may run on HTTP workers at once.
+    permits: Arc<inline::Permits>,
+    /// How long callers wait for paglet code.
+    handler_timeout: OnceLock<Option<Duration>>,
     /// Who waits for whom among paglet-to-paglet sends (and creates) in flight.
     waits: WaitGraph,
     /// The argument bytes those sends hold.
@@ -247,6 +267,8 @@ impl Runtime {
             registry,
             paglets: RwLock::default(),
             pool,
+            permits: inline::Permits::new(inline::inline_permits()),
+            handler_timeout: OnceLock::new(),
             waits: WaitGraph::default(),
             in_flight: InFlight::new(IN_FLIGHT_BUDGET),
             next_id: AtomicU64::new(1),
@@ -415,15 +437,8 @@ impl Runtime {
         }
     }
 
-    /// Queues a message; the reply arrives through `reply`. A proven-fast handler on an idle
-    /// paglet runs here, on the caller's thread.
-    pub fn send(
-        &self,
-        id: &str,
-        kind: &str,
-        args: String,
-        reply: Replier<String>,
-    ) -> Result<(), RuntimeError> {
+    /// The live paglet `id`, to send a message to.
+    fn for_message(&self, id: &str) -> Result<Arc<Paglet>, RuntimeError> {
         let paglet = match self.paglet(id) {
             Ok(paglet) => paglet,
             Err(_) if self.is_inactive(id) => return Err(RuntimeError::Inactive(id.into())),
@@ -432,25 +447,35 @@ impl Runtime {
         if paglet.in_doubt.load(Ordering::Acquire) {
             return Err(RuntimeError::InDoubt(id.into()));
         }
-        let job = Job::Message {
-            kind: kind.into(),
-            args,
-            reply,
-        };
-        if paglet.is_isolated() {
-            return self.send_isolated(&paglet, job);
+        Ok(paglet)
+    }
+
+    /// Limits how long callers wait for paglet code (`--handler-timeout`; `None`: as long as
+    /// it takes). Set once, before serving.
+    pub fn limit_handlers(&self, timeout: Option<Duration>) {
+        let _ = self.handler_timeout.set(timeout);
+    }
+
+    /// How long a caller waits for paglet code.
+    pub fn handler_timeout(&self) -> Option<Duration> {
+        self.handler_timeout.get().copied().flatten()
+    }
+
+    /// How long a caller waits for `paglet`'s code: its isolated library's own handler
+    /// timeout (its worker is stopped past it), else the host's.
+    pub(super) fn handler_timeout_of(&self, paglet: &Paglet) -> Option<Duration> {
+        if paglet.is_isolated()
+            && let Some(isolated) = self.isolated(&paglet.code())
+        {
+            return isolated.handler_timeout();
         }
-        if paglet.runs_inline() && paglet.try_claim() {
-            // A proven-fast handler on an idle paglet: two thread hand-offs would cost
-            // more than the handler itself.
-            paglet.run(job);
-            // Messages that arrived meanwhile (other connections) run here too, up to a
-            // budget, rather than being handed to the pool one by one.
-            paglet.drain(&self.pool, INLINE_BUDGET);
-        } else {
-            paglet.push(job, QueueAt::Back, &self.pool);
-        }
-        Ok(())
+        self.handler_timeout()
+    }
+
+    /// How long a paglet-to-paglet send to `target` waits for its reply: its handler
+    /// timeout, or [`SEND_TIMEOUT`] when that is off.
+    fn send_timeout(&self, target: &Paglet) -> Duration {
+        self.handler_timeout_of(target).unwrap_or(SEND_TIMEOUT)
     }
 
     /// A message to an isolated paglet. Its handler runs in another process, so this thread
@@ -458,7 +483,7 @@ impl Runtime {
     /// under way, the request's own thread sends it and reads the answer (taken out of the
     /// async runtime's workers first, so that HTTP keeps all of them), saving the two thread
     /// hand-offs of the pool; otherwise it queues like any message.
-    fn send_isolated(&self, paglet: &Arc<Paglet>, job: Job) -> Result<(), RuntimeError> {
+    pub(super) fn send_isolated(&self, paglet: &Arc<Paglet>, job: Job) {
         let taken = self
             .direct_calls
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -467,12 +492,12 @@ impl Runtime {
             .is_ok();
         if !taken {
             paglet.push(job, QueueAt::Back, &self.pool);
-            return Ok(());
+            return;
         }
         if paglet.try_claim() {
             let run = || {
                 paglet.run(job);
-                paglet.drain(&self.pool, INLINE_BUDGET);
+                paglet.drain(&self.pool, DIRECT_BUDGET);
             };
             let on_tokio_worker = tokio::runtime::Handle::try_current()
                 .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
@@ -485,7 +510,6 @@ impl Runtime {
             paglet.push(job, QueueAt::Back, &self.pool);
         }
         self.direct_calls.fetch_sub(1, Ordering::AcqRel);
-        Ok(())
     }
 
     /// Removes a paglet at once and runs its disposing hook after the messages queued before.
@@ -656,12 +680,46 @@ mod with_counter {
             kind: "increment".into(),
             args: String::new(),
             reply,
+            inline: false,
         };
         paglet.push(job, QueueAt::Back, &runtime.pool);
         let result = answered.recv_timeout(wait).expect("an answer");
         assert!(
             matches!(result, Err(RuntimeError::Paglet(PagletError::NotFound(_)))),
             "{result:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+    async fn messages_from_many_requests_each_run_once() {
+        let (runtime, _dir) = runtime_with_counter();
+        let id = runtime
+            .create("counter::Counter", None, Some("c"), Origin::New)
+            .expect("create");
+        let requests: Vec<_> = (0..8)
+            .map(|_| {
+                let (runtime, id) = (runtime.clone(), id.clone());
+                tokio::spawn(async move {
+                    let mut counts = Vec::new();
+                    for _ in 0..50 {
+                        let reply = runtime.ask(&id, "increment", String::new()).await;
+                        let reply: Value =
+                            serde_json::from_str(&reply.expect("answered")).expect("JSON");
+                        counts.push(reply["count"].as_u64().expect("a count"));
+                    }
+                    counts
+                })
+            })
+            .collect();
+        let mut counts = Vec::new();
+        for request in requests {
+            counts.extend(request.await.expect("request"));
+        }
+        counts.sort_unstable();
+        assert_eq!(
+            counts,
+            (1..=400).collect::<Vec<u64>>(),
+            "one at a time, each once"
         );
     }
 }

@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::lifecycle::fail_job;
-use super::paglet::{Job, Paglet, QueueAt, Replier, Task};
+use super::mailbox::QueueAt;
+use super::paglet::{Job, Paglet, Replier, Task};
 use super::{Runtime, RuntimeError, lock, valid_id};
 use crate::mesh::HostState;
 use crate::mesh::Mesh;
@@ -679,7 +680,9 @@ impl Runtime {
                     continue;
                 };
                 match job {
-                    Job::Message { kind, args, reply } => {
+                    Job::Message {
+                        kind, args, reply, ..
+                    } => {
                         reply.send(remote_message(net, &url, &id, &kind, &args).await);
                     }
                     Job::Dispose { reply } => {

@@ -1,6 +1,6 @@
-//! One live paglet as the runtime holds it: its mailbox, handled one job at a time in arrival
-//! order on the worker pool, the [`Code`] that runs its code, and the library
-//! generation that code comes from.
+//! One live paglet as the runtime holds it: its mailbox (`mailbox.rs`), handled one job at a
+//! time in arrival order on the worker pool or by inline runners (`ask.rs`), the [`Code`]
+//! that runs its code, and the library generation that code comes from.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,7 +13,8 @@ use serde_json::Value;
 use super::code::Code;
 use super::context::HostContext;
 use super::durable::{Checkpoint, Saver};
-use super::inline::InlineGate;
+use super::inline::Pace;
+use super::mailbox::{Mailbox, Next, QueueAt, Queued};
 use super::pool::{Lane, Pool};
 use super::{RuntimeError, lock};
 use crate::registry::LoadedLib;
@@ -61,6 +62,8 @@ pub enum Job {
         kind: String,
         args: String,
         reply: Replier<String>,
+        /// It may run on an HTTP worker, in an inline runner (see `inline.rs`).
+        inline: bool,
     },
     /// Move to `lib` with the current state (a reload).
     Migrate {
@@ -90,52 +93,20 @@ const IDLE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(20)
 /// How long [`Paglet::try_state`] waits for an isolated paglet's worker to give its state.
 const PEEK_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Where [`Paglet::push`] puts a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueueAt {
-    /// Behind everything queued (messages, disposal).
-    Back,
-    /// Ahead of queued messages, behind earlier migrations (reloads).
-    AfterMigrations,
-}
-
-impl Job {
-    /// The lane a paglet with this job queued waits in.
+impl Queued for Job {
     fn lane(&self) -> Lane {
         match self {
             Job::Migrate { .. } | Job::Checkpoint(_) => Lane::Background,
             Job::Message { .. } | Job::Dispose { .. } | Job::Task(_) => Lane::Urgent,
         }
     }
-}
 
-/// Who drains a mailbox.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Drainer {
-    /// Nobody: the queue is empty.
-    #[default]
-    Nobody,
-    /// The pool, once a worker takes it from this lane (it may sit in both lanes: the first
-    /// worker to come takes it, the other entry finds nothing to do).
-    Pool(Lane),
-    /// A worker or an inline sender is running its jobs now.
-    Running,
-}
+    fn is_migration(&self) -> bool {
+        matches!(self, Job::Migrate { .. })
+    }
 
-#[derive(Default)]
-struct Mailbox {
-    queue: VecDeque<Job>,
-    drainer: Drainer,
-}
-
-impl Mailbox {
-    /// The lane the queued jobs call for.
-    fn lane(&self) -> Lane {
-        if self.queue.iter().any(|job| job.lane() == Lane::Urgent) {
-            Lane::Urgent
-        } else {
-            Lane::Background
-        }
+    fn runs_inline(&self) -> bool {
+        matches!(self, Job::Message { inline: true, .. })
     }
 }
 
@@ -151,11 +122,11 @@ pub struct Paglet {
     pub handled: AtomicU64,
     busy: AtomicBool,
     disposed: AtomicBool,
-    /// Whether its messages may run on the HTTP worker that received them.
-    inline: InlineGate,
+    /// Whether its next message may run inline: how long its last handler took.
+    pace: Pace,
     code: Mutex<Arc<LoadedLib>>,
     instance: Mutex<Code>,
-    mailbox: Mutex<Mailbox>,
+    mailbox: Mutex<Mailbox<Job>>,
     /// Changed since the checkpointer last read its state (interval mode).
     pub(super) dirty: AtomicBool,
     /// A hash of the state last handed to the store (sync mode skips unchanged states).
@@ -194,7 +165,7 @@ impl Paglet {
             handled: AtomicU64::new(0),
             busy: AtomicBool::new(false),
             disposed: AtomicBool::new(false),
-            inline: InlineGate::default(),
+            pace: Pace::default(),
             code: Mutex::new(lib),
             instance: Mutex::new(instance),
             mailbox: Mutex::default(),
@@ -228,12 +199,6 @@ impl Paglet {
             .partition(|job| matches!(job, Job::Message { .. }));
         mailbox.queue = rest;
         messages.into()
-    }
-
-    /// True when the caller may run the next message on its own (HTTP) thread; see
-    /// [`InlineGate::open`].
-    pub fn runs_inline(&self) -> bool {
-        self.inline.open()
     }
 
     /// True when its code runs in a worker process.
@@ -302,91 +267,103 @@ impl Paglet {
         self.disposed.load(Ordering::Acquire)
     }
 
-    /// Queues a job and makes sure a worker drains the mailbox: a message for a paglet that
-    /// waits in the background lane (migrations only) moves it to the urgent lane.
+    /// Queues a job and makes sure a worker drains the mailbox.
     pub fn push(self: &Arc<Self>, job: Job, at: QueueAt, pool: &Pool) {
         let mut mailbox = lock(&self.mailbox);
-        let lane = job.lane();
-        match at {
-            QueueAt::Back => mailbox.queue.push_back(job),
-            QueueAt::AfterMigrations => {
-                // Two reloads in a row while the paglet is busy must leave it on the newer
-                // code.
-                let index = mailbox
-                    .queue
-                    .iter()
-                    .take_while(|j| matches!(j, Job::Migrate { .. }))
-                    .count();
-                mailbox.queue.insert(index, job);
-            }
-        }
-        match mailbox.drainer {
-            Drainer::Nobody => {
-                mailbox.drainer = Drainer::Pool(lane);
+        let next = match mailbox.push(job, at) {
+            // Only `push_inline`'s caller starts runners.
+            Next::Inline => mailbox.hand_to_pool(),
+            next => next,
+        };
+        drop(mailbox);
+        self.follow(next, pool);
+    }
+
+    /// Queues a message that may run inline; `true`: the caller must start its inline
+    /// runner (see `ask.rs`), else someone drains the mailbox already.
+    pub fn push_inline(self: &Arc<Self>, job: Job, pool: &Pool) -> bool {
+        let next = lock(&self.mailbox).push(job, QueueAt::Back);
+        self.follow(next, pool)
+    }
+
+    /// Arranges what the mailbox said must come next; `true`: start an inline runner.
+    fn follow(self: &Arc<Self>, next: Next, pool: &Pool) -> bool {
+        match next {
+            Next::Nothing => false,
+            Next::Pool(lane) => {
                 pool.submit(self.clone(), lane);
+                false
             }
-            Drainer::Pool(Lane::Background) if lane == Lane::Urgent => {
-                mailbox.drainer = Drainer::Pool(Lane::Urgent);
-                pool.submit(self.clone(), Lane::Urgent);
-            }
-            Drainer::Pool(_) | Drainer::Running => {}
+            Next::Inline => true,
         }
+    }
+
+    /// True unless its last handler was slow (or its code runs in a worker process, which
+    /// an HTTP thread never waits for): its next message may run inline.
+    pub fn runs_inline(&self) -> bool {
+        !self.is_isolated() && self.pace.runs_inline()
     }
 
     /// Takes over draining if the mailbox is idle and empty, so a sender can run a job
-    /// inline on its own thread. Pair with [`drain`](Paglet::drain) or
-    /// [`release`](Paglet::release).
+    /// inline on its own thread. Pair with [`release`](Paglet::release).
     pub fn try_claim(&self) -> bool {
-        let mut mailbox = lock(&self.mailbox);
-        if mailbox.drainer != Drainer::Nobody || !mailbox.queue.is_empty() {
-            return false;
-        }
-        mailbox.drainer = Drainer::Running;
-        true
+        lock(&self.mailbox).try_claim()
     }
 
-    /// Gives up draining; hands queued jobs to the pool.
+    /// Gives up draining: the pool takes what is queued.
     pub fn release(self: &Arc<Self>, pool: &Pool) {
-        self.drain(pool, 0);
+        let next = lock(&self.mailbox).settle(false);
+        self.follow(next, pool);
+    }
+
+    /// An inline runner's job: the message at the front, unless something else came first
+    /// (then the pool takes the mailbox, and `None`).
+    pub fn next_inline(self: &Arc<Self>, pool: &Pool) -> Option<Job> {
+        let mut mailbox = lock(&self.mailbox);
+        let job = mailbox.next_inline();
+        if job.is_none() {
+            let next = mailbox.settle(false);
+            drop(mailbox);
+            self.follow(next, pool);
+        }
+        job
+    }
+
+    /// An inline runner is done; `true`: the next message runs inline too, start its runner.
+    pub fn settle_inline(self: &Arc<Self>, pool: &Pool) -> bool {
+        let next = lock(&self.mailbox).settle(true);
+        self.follow(next, pool)
+    }
+
+    /// The inline runner that was due cannot start (no permit): the pool takes over.
+    pub fn hand_to_pool(self: &Arc<Self>, pool: &Pool) {
+        let next = lock(&self.mailbox).hand_to_pool();
+        self.follow(next, pool);
     }
 
     /// A pool worker's turn: drains the mailbox unless someone else is already at it (this
-    /// paglet was in both lanes) or it is empty.
+    /// paglet was in both lanes, or a runner has it) or it is empty.
     pub fn turn(self: &Arc<Self>, pool: &Pool, budget: usize) {
-        {
-            let mut mailbox = lock(&self.mailbox);
-            if mailbox.drainer == Drainer::Running || mailbox.queue.is_empty() {
-                return;
-            }
-            mailbox.drainer = Drainer::Running;
+        if !lock(&self.mailbox).claim_for_pool() {
+            return;
         }
         self.drain(pool, budget);
     }
 
     /// Runs up to `budget` queued jobs (the caller drains: after [`try_claim`] or in a
-    /// [`turn`]), then gives up draining, handing what is left to the pool.
+    /// [`turn`]), then gives up draining.
     ///
     /// [`try_claim`]: Paglet::try_claim
     /// [`turn`]: Paglet::turn
     pub fn drain(self: &Arc<Self>, pool: &Pool, budget: usize) {
         for _ in 0..budget {
-            let job = {
-                let mut mailbox = lock(&self.mailbox);
-                match mailbox.queue.pop_front() {
-                    Some(job) => job,
-                    None => break,
-                }
-            };
-            self.run(job);
+            let job = lock(&self.mailbox).next();
+            match job {
+                Some(job) => self.run(job),
+                None => break,
+            }
         }
-        let mut mailbox = lock(&self.mailbox);
-        if mailbox.queue.is_empty() {
-            mailbox.drainer = Drainer::Nobody;
-        } else {
-            let lane = mailbox.lane();
-            mailbox.drainer = Drainer::Pool(lane);
-            pool.submit(self.clone(), lane);
-        }
+        self.release(pool);
     }
 
     /// Runs one job now, on this thread.
@@ -412,13 +389,15 @@ impl Paglet {
                 ))
                 .into()));
             }
-            Job::Message { kind, args, reply } => {
+            Job::Message {
+                kind, args, reply, ..
+            } => {
                 let started = Instant::now();
                 let result = instance.handle(&kind, &args);
                 // An isolated paglet never runs on an HTTP thread: its call waits on another
                 // process, for as long as the handler timeout.
                 if instance.isolated().is_none() {
-                    self.inline.note(started.elapsed());
+                    self.pace.note(started.elapsed());
                 }
                 self.handled.fetch_add(1, Ordering::Relaxed);
                 // The handler is done: a detail asked once the caller has its answer must not

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use plugin_api::PagletError;
 use serde::Serialize;
 
-use super::paglet::{Job, Paglet, QueueAt, Replier};
+use super::mailbox::QueueAt;
+use super::paglet::{Job, Paglet, Replier};
 use super::{Runtime, RuntimeError};
 use crate::registry::{FileError, LoadedLib, ScanReport};
 
