@@ -2,6 +2,7 @@
 
 mod author_crate;
 mod bad_libraries;
+mod busy_paglets;
 mod cli;
 mod connections;
 mod discover;

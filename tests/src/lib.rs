@@ -153,13 +153,22 @@ pub fn run_ok(command: &mut Command) -> std::process::Output {
 }
 
 /// Polls `check` until it returns `Some`, or panics naming `what` after [`DEADLINE`].
-pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    wait_for_within(what, DEADLINE, check)
+}
+
+/// [`wait_for`] with a deadline of its own, for work that takes long on a busy machine.
+pub fn wait_for_within<T>(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(value) = check() {
             return value;
         }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(25));
     }
 }
@@ -292,8 +301,13 @@ impl Answer {
 /// and redirects never followed, so a test sees a 308 and decides (the contract's clients
 /// follow them themselves, sending the key again).
 pub fn http_client() -> reqwest::blocking::Client {
+    http_client_within(DEADLINE)
+}
+
+/// [`http_client`] with a total timeout of its own.
+pub fn http_client_within(timeout: Duration) -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
-        .timeout(DEADLINE)
+        .timeout(timeout)
         // A new connection per request: the host closes idle ones after its header
         // timeout (1 s in some tests), and reusing one just as it closes would fail
         // a request for a reason no test is about.
@@ -449,10 +463,40 @@ impl TestHost {
         body: Option<&str>,
         key: Option<&str>,
     ) -> Answer {
+        self.try_request(&self.http, method, path, body, key)
+            .unwrap_or_else(|e| panic!("{path}: {e}\nhost log:\n{}", self.log()))
+    }
+
+    /// `GET path`, answered within `timeout`, or an `Err` saying why not.
+    pub fn get_within(&self, path: &str, timeout: Duration) -> Result<Answer, String> {
+        self.try_request(&http_client_within(timeout), "GET", path, None, None)
+    }
+
+    /// Sends a message and waits up to `timeout` for the answer (longer than [`DEADLINE`],
+    /// for handlers that compute long on a busy machine).
+    pub fn send_waiting(&self, id: &str, kind: &str, args: Value, timeout: Duration) -> Answer {
+        let path = format!("/paglets/{id}/messages");
+        let body = serde_json::json!({"kind": kind, "args": args}).to_string();
+        self.try_request(
+            &http_client_within(timeout),
+            "POST",
+            &path,
+            Some(&body),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{path}: {e}\nhost log:\n{}", self.log()))
+    }
+
+    fn try_request(
+        &self,
+        http: &reqwest::blocking::Client,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<Answer, String> {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut request = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.url));
+        let mut request = http.request(method.clone(), format!("{}{path}", self.url));
         if let Some(key) = key.or(self.key.as_deref()) {
             request = request.bearer_auth(key);
         }
@@ -462,10 +506,8 @@ impl TestHost {
         if let Some(body) = body {
             request = request.body(body.to_string());
         }
-        let response = request
-            .send()
-            .unwrap_or_else(|e| panic!("{path}: {e}\nhost log:\n{}", self.log()));
-        Answer::read(response).unwrap_or_else(|e| panic!("{path}: {e}"))
+        let response = request.send().map_err(|e| e.to_string())?;
+        Answer::read(response)
     }
 
     /// Sends `request` as it is (HTTP/1.1 text, head and body) on a new connection and reads
