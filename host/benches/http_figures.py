@@ -62,7 +62,8 @@ def stop(proc):
 
 
 def call(conn, method, path, body=None):
-    conn.request(method, path, body=json.dumps(body) if body is not None else None)
+    headers = {"Content-Type": "application/json"} if method == "POST" else {}
+    conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
     response = conn.getresponse()
     data = response.read()
     return response.status, (json.loads(data) if data else None)
@@ -225,13 +226,15 @@ def floor_figures(work, plugins):
         for connections in (1, 4):
             proc, url = start_bare()
             wrk(url, path, body, connections, seconds=1)
-            bare, _, _ = wrk(url, path, body, connections, seconds=5)
+            bare, _, bare_errors = wrk(url, path, body, connections, seconds=5)
             stop(proc)
             proc, url, host, port = start(plugins, os.path.join(work, f"floor{n}-{connections}"))
             conn = http.client.HTTPConnection(host, port)
-            call(conn, "POST", "/paglets", {"class": "counter::Counter", "id": "bench"})
+            status, _ = call(conn, "POST", "/paglets", {"class": "counter::Counter", "id": "bench"})
+            assert status == 201, status
             wrk(url, path, body, connections, seconds=1)
             ours, _, errors = wrk(url, path, body, connections, seconds=5)
+            errors = bare_errors + errors
             stop(proc)
             rates.setdefault(connections, []).append((bare, ours))
             print(f"round {n + 1}, {connections} connection(s): bare axum {bare:,.0f}/s, "
