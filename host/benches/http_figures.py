@@ -157,7 +157,9 @@ def host_figures(work, plugins):
         rate, p50, errors = wrk(url, "/paglets/bench/messages", body, connections)
         print(f"messages to one counter, {connections} connection(s): {rate:,.0f}/s "
               f"(p50 {p50}) {' '.join(errors)}")
-    # The same load spread over four counters (each request picks the next one).
+    # The same load spread over four counters (each request picks the next one). A new
+    # connection: the host closed the idle one after its header timeout.
+    conn = http.client.HTTPConnection(host, port)
     for n in range(4):
         call(conn, "POST", "/paglets", {"class": "counter::Counter", "id": f"spread{n}"})
     spread = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
