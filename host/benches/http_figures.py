@@ -163,7 +163,8 @@ def host_figures(work, plugins):
     for n in range(4):
         call(conn, "POST", "/paglets", {"class": "counter::Counter", "id": f"spread{n}"})
     spread = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-    spread.write('wrk.method = "POST"\nwrk.body = %s\nn = 0\n'
+    spread.write('wrk.method = "POST"\nwrk.body = %s\n'
+                 'wrk.headers["Content-Type"] = "application/json"\nn = 0\n'
                  'request = function()\n  n = n + 1\n'
                  '  return wrk.format(nil, "/paglets/spread" .. (n %% 4) .. "/messages")\nend\n'
                  % json.dumps(json.dumps(body)))
