@@ -69,8 +69,7 @@ impl Runtime {
         // The sender may be an inline runner on an HTTP worker (see `ask.rs`): tell tokio
         // before that thread waits for another process or for a queue, so the worker's other
         // tasks move to another thread.
-        let on_tokio_worker = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let on_tokio_worker = super::on_tokio_worker();
         if target.try_claim() {
             let run = || {
                 target.run(job);

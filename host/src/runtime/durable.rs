@@ -98,7 +98,8 @@ impl Saver {
     }
 }
 
-fn not_persisted(e: StoreError) -> RuntimeError {
+/// A store error as the runtime reports it: the change is not durable (yet).
+pub(super) fn not_persisted(e: StoreError) -> RuntimeError {
     RuntimeError::NotPersisted(e.to_string())
 }
 
@@ -218,13 +219,7 @@ impl Runtime {
         let wait = || commit.recv().unwrap_or(Err(StoreError::Closed));
         // A paglet creating another from an inline runner on an HTTP worker (see `ask.rs`):
         // tell tokio before blocking it on the disk, so the worker's other tasks move on.
-        let on_tokio_worker = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let written = if on_tokio_worker {
-            tokio::task::block_in_place(wait)
-        } else {
-            wait()
-        };
+        let written = super::blocking_here(wait);
         match written {
             Err(e) if self.durability() == Durability::Sync => Err(not_persisted(e)),
             _ => Ok(id),

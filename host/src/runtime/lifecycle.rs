@@ -11,10 +11,11 @@ use plugin_api::{Hook, PagletError};
 use serde_json::Value;
 
 use super::code::Code;
+use super::durable::not_persisted;
 use super::mailbox::QueueAt;
 use super::paglet::{Job, Paglet, Replier, Task};
 use super::{PagletDetail, PagletSummary, Runtime, RuntimeError, lock};
-use crate::store::{Status, StoreError};
+use crate::store::Status;
 
 /// What stays in memory of an inactive paglet: what `GET /paglets?status=inactive` shows.
 #[derive(Debug, Clone)]
@@ -51,10 +52,6 @@ impl StatusFilter {
     pub(super) fn inactive(self) -> bool {
         matches!(self, StatusFilter::Inactive | StatusFilter::All)
     }
-}
-
-fn not_persisted(e: StoreError) -> RuntimeError {
-    RuntimeError::NotPersisted(e.to_string())
 }
 
 /// Answers a job that cannot run with `error` (a task answers through its own replier when
@@ -247,9 +244,7 @@ impl Runtime {
             instance,
             Some(saver.clone()),
         );
-        paglet.created_at =
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(record.created_at.max(0.0));
-        paglet.handled = std::sync::atomic::AtomicU64::new(record.messages_handled);
+        paglet.keep_history(record.created_at, record.messages_handled);
         let awake = paglet.with_instance(|instance| paglet.record(instance))?;
         paglet.note_saved(&awake.state);
         // Waking changes no state of its own but what `activated` did, which is durable as
@@ -296,11 +291,7 @@ impl Runtime {
         if paglet.in_doubt.load(Ordering::Acquire) {
             return Err(RuntimeError::InDoubt(id.into()));
         }
-        let message_id = format!(
-            "{}-{}",
-            self.host_name,
-            self.next_message.fetch_add(1, Ordering::Relaxed)
-        );
+        let message_id = self.message_id();
         let job = Job::Message {
             kind: kind.into(),
             args,
@@ -309,6 +300,15 @@ impl Runtime {
         };
         paglet.push(job, QueueAt::Back, &self.pool);
         Ok(message_id)
+    }
+
+    /// A new oneway message id: this host's name and a counter.
+    fn message_id(&self) -> String {
+        format!(
+            "{}-{}",
+            self.host_name,
+            self.next_message.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// The replier of a oneway message: counts and logs a failure.
@@ -348,11 +348,7 @@ impl Runtime {
             Ok(id) => Ok(id),
             Err(RuntimeError::NoPaglet(_)) if self.forward_url(to).is_some() => {
                 let url = self.forward_url(to).unwrap_or_default();
-                let message_id = format!(
-                    "{}-{}",
-                    self.host_name,
-                    self.next_message.fetch_add(1, Ordering::Relaxed)
-                );
+                let message_id = self.message_id();
                 let (id, mid, kind_owned) = (to.to_string(), message_id.clone(), kind.to_string());
                 let reply = Replier::new(move |result: Result<String, RuntimeError>| {
                     if let Err(e) = result {

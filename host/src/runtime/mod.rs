@@ -182,6 +182,23 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// True on a worker thread of tokio's multi-threaded runtime (an inline runner, or a handler
+/// it runs): blocking there must tell tokio first.
+pub(crate) fn on_tokio_worker() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+/// Runs `f`, which blocks, telling tokio first when this thread is one of its workers, so the
+/// worker's other tasks move to another thread.
+pub(crate) fn blocking_here<T>(f: impl FnOnce() -> T) -> T {
+    if on_tokio_worker() {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 /// The paglet id rule in words, for error messages (host names follow it too).
 pub const ID_RULE: &str = "use 1 to 128 of A-Z a-z 0-9 . _ -, and not '.' or '..'";
 
@@ -400,9 +417,7 @@ impl Runtime {
         })?;
         let mut paglet = Paglet::new(id.clone(), class.into(), lib, instance, self.saver());
         if let Some(record) = stored {
-            paglet.created_at =
-                std::time::UNIX_EPOCH + Duration::from_secs_f64(record.created_at.max(0.0));
-            paglet.handled = AtomicU64::new(record.messages_handled);
+            paglet.keep_history(record.created_at, record.messages_handled);
         }
         let paglet = Arc::new(paglet);
         let commit = {
@@ -499,13 +514,7 @@ impl Runtime {
                 paglet.run(job);
                 paglet.drain(&self.pool, DIRECT_BUDGET);
             };
-            let on_tokio_worker = tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-            if on_tokio_worker {
-                tokio::task::block_in_place(run);
-            } else {
-                run();
-            }
+            blocking_here(run);
         } else {
             paglet.push(job, QueueAt::Back, &self.pool);
         }

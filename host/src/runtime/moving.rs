@@ -24,6 +24,7 @@ use plugin_api::{Arrival, ArrivalReason, Hook, PagletError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::durable::not_persisted;
 use super::lifecycle::fail_job;
 use super::mailbox::QueueAt;
 use super::paglet::{Job, Paglet, Replier, Task};
@@ -31,7 +32,7 @@ use super::{Runtime, RuntimeError, lock, valid_id};
 use crate::mesh::HostState;
 use crate::mesh::Mesh;
 use crate::registry::unix_seconds;
-use crate::store::{Direction, Extra, Forward, Record, StoreError, Transfer};
+use crate::store::{Direction, Extra, Forward, Record, Transfer};
 
 /// How often an unsettled transfer is sent again.
 const SETTLE_EVERY: Duration = Duration::from_secs(1);
@@ -149,10 +150,6 @@ enum Outcome {
     InDoubt(String),
 }
 
-fn not_persisted(e: StoreError) -> RuntimeError {
-    RuntimeError::NotPersisted(e.to_string())
-}
-
 /// A transfer id: this host, the time and a counter; never repeats on one host.
 fn transfer_id(host: &str, n: u64) -> String {
     let nanos = std::time::SystemTime::now()
@@ -164,13 +161,7 @@ fn transfer_id(host: &str, n: u64) -> String {
 /// Runs `fut` on the async runtime from blocking code (a paglet worker, or a handler that
 /// runs on an HTTP worker, which tokio is told about first).
 fn block_on<F: std::future::Future>(handle: &tokio::runtime::Handle, fut: F) -> F::Output {
-    let on_worker = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if on_worker {
-        tokio::task::block_in_place(|| handle.block_on(fut))
-    } else {
-        handle.block_on(fut)
-    }
+    super::blocking_here(|| handle.block_on(fut))
 }
 
 /// The error another host answered, relayed as it was.
@@ -466,18 +457,7 @@ impl Runtime {
         let saver = self.saver().ok_or(RuntimeError::NoStore)?;
         instance.hook(Hook::Dispatching { to: to.into() })?;
         let record = paglet.record(instance)?;
-        let body = ArrivalBody {
-            transfer_id: transfer_id(&net.name, self.next_message.fetch_add(1, Ordering::Relaxed)),
-            reason,
-            source: Peer {
-                name: net.name.clone(),
-                url: net.url.clone(),
-            },
-            paglet: MovedPaglet::from_record(&record)?,
-        };
-        let text = serde_json::to_string(&body).map_err(|e| {
-            RuntimeError::Paglet(PagletError::Failed(format!("transfer body: {e}")))
-        })?;
+        let (body, text) = self.arrival(net, reason, MovedPaglet::from_record(&record)?)?;
         let transfer = Transfer {
             transfer_id: body.transfer_id.clone(),
             direction: Direction::Out,
@@ -520,6 +500,29 @@ impl Runtime {
                 Err(RuntimeError::InDoubt(paglet.id.clone()))
             }
         }
+    }
+
+    /// The arrival body that sends `paglet` from this host for `reason`, with a fresh
+    /// transfer id, and its JSON text.
+    fn arrival(
+        &self,
+        net: &Net,
+        reason: ArrivalReason,
+        paglet: MovedPaglet,
+    ) -> Result<(ArrivalBody, String), RuntimeError> {
+        let body = ArrivalBody {
+            transfer_id: transfer_id(&net.name, self.next_message.fetch_add(1, Ordering::Relaxed)),
+            reason,
+            source: Peer {
+                name: net.name.clone(),
+                url: net.url.clone(),
+            },
+            paglet,
+        };
+        let text = serde_json::to_string(&body).map_err(|e| {
+            RuntimeError::Paglet(PagletError::Failed(format!("transfer body: {e}")))
+        })?;
+        Ok((body, text))
     }
 
     /// Forgets a departing record after a refusal (the paglet stays here).
@@ -777,18 +780,7 @@ impl Runtime {
         let net = self.net()?;
         // No id asked for: the receiving host picks one.
         moved.id = new_id.unwrap_or_default();
-        let body = ArrivalBody {
-            transfer_id: transfer_id(&net.name, self.next_message.fetch_add(1, Ordering::Relaxed)),
-            reason: ArrivalReason::Clone,
-            source: Peer {
-                name: net.name.clone(),
-                url: net.url.clone(),
-            },
-            paglet: moved,
-        };
-        let text = serde_json::to_string(&body).map_err(|e| {
-            RuntimeError::Paglet(PagletError::Failed(format!("transfer body: {e}")))
-        })?;
+        let (_, text) = self.arrival(net, ArrivalReason::Clone, moved)?;
         match block_on(&net.handle, net.post_arrival(&target.url, text)) {
             Outcome::Accepted(answer) => Ok(answer),
             Outcome::Refused(error) => Err(error),
@@ -884,9 +876,7 @@ impl Runtime {
             })?;
         instance.hook(Hook::Arrived(arrival))?;
         let mut paglet = Paglet::new(id.clone(), moved.class.clone(), lib, instance, self.saver());
-        paglet.created_at =
-            std::time::UNIX_EPOCH + Duration::from_secs_f64(moved.created_at.max(0.0));
-        paglet.handled = std::sync::atomic::AtomicU64::new(moved.messages_handled);
+        paglet.keep_history(moved.created_at, moved.messages_handled);
         let record = paglet.with_instance(|instance| paglet.record(instance))?;
         paglet.note_saved(&record.state);
         if let Some(saver) = self.saver() {

@@ -181,6 +181,14 @@ impl Paglet {
         }
     }
 
+    /// Keeps the creation time (Unix seconds) and message count it had before it was stored
+    /// or moved, instead of starting afresh.
+    pub fn keep_history(&mut self, created_at: f64, messages_handled: u64) {
+        self.created_at =
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(created_at.max(0.0));
+        self.handled = AtomicU64::new(messages_handled);
+    }
+
     /// Marks it gone from this host's memory: from now on its jobs go to `reroute` instead
     /// of its instance, and nothing saves its state here any more. Returns the jobs queued
     /// until now, for the caller to reroute in order.

@@ -330,28 +330,12 @@ pub fn apply(
         }
     }
     {
-        let mut put = tx.prepare_cached(
-            "INSERT OR REPLACE INTO paglets (id, class, state, state_version, library,
-                library_version, library_sha256, status, created_at, messages_handled, queued)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )?;
+        let mut put = tx.prepare_cached(&format!("INSERT OR REPLACE {INSERT_RECORD}"))?;
         let mut remove = tx.prepare_cached("DELETE FROM paglets WHERE id = ?1")?;
         for (id, change) in changes {
             match change {
                 Some(r) => {
-                    put.execute(params![
-                        r.id,
-                        r.class,
-                        r.state,
-                        r.state_version,
-                        r.library,
-                        r.library_version,
-                        r.library_sha256,
-                        r.status.as_str(),
-                        r.created_at,
-                        i64::try_from(r.messages_handled).unwrap_or(i64::MAX),
-                        r.queued,
-                    ])?;
+                    write_record(&mut put, r)?;
                 }
                 None => {
                     remove.execute([id])?;
@@ -371,31 +355,37 @@ pub fn apply(
     tx.commit()
 }
 
+/// The column list and placeholders of a record write, after `INSERT OR …`.
+const INSERT_RECORD: &str = "INTO paglets (id, class, state, state_version, library,
+    library_version, library_sha256, status, created_at, messages_handled, queued)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+/// Runs a record write prepared from [`INSERT_RECORD`] for `r`; returns the rows changed.
+fn write_record(stmt: &mut rusqlite::Statement<'_>, r: &Record) -> rusqlite::Result<usize> {
+    stmt.execute(params![
+        r.id,
+        r.class,
+        r.state,
+        r.state_version,
+        r.library,
+        r.library_version,
+        r.library_sha256,
+        r.status.as_str(),
+        r.created_at,
+        i64::try_from(r.messages_handled).unwrap_or(i64::MAX),
+        r.queued,
+    ])
+}
+
 /// Inserts records that are not stored yet (an import), in one transaction; returns how many
 /// were new.
 pub fn insert_missing(conn: &mut Connection, records: &[Record]) -> rusqlite::Result<usize> {
     let tx = conn.transaction()?;
     let mut added = 0;
     {
-        let mut insert = tx.prepare(
-            "INSERT OR IGNORE INTO paglets (id, class, state, state_version, library,
-                library_version, library_sha256, status, created_at, messages_handled, queued)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )?;
+        let mut insert = tx.prepare(&format!("INSERT OR IGNORE {INSERT_RECORD}"))?;
         for r in records {
-            added += insert.execute(params![
-                r.id,
-                r.class,
-                r.state,
-                r.state_version,
-                r.library,
-                r.library_version,
-                r.library_sha256,
-                r.status.as_str(),
-                r.created_at,
-                i64::try_from(r.messages_handled).unwrap_or(i64::MAX),
-                r.queued,
-            ])?;
+            added += write_record(&mut insert, r)?;
         }
     }
     tx.commit()?;
